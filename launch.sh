@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# gen's one entry point.
+#   ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample] [--config.KEY=VALUE ...]
+#   ./launch.sh test [pytest args]
+# Uses the Python that can already import gen (e.g. Colab, an activated env); otherwise
+# creates .venv beside this script on first use and installs gen into it.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$root"
+
+experiments() { ls experiments | sed -n 's/^\([a-z0-9][a-z0-9_]*\)\.py$/  \1/p'; }
+
+usage() {
+  echo "usage: ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample] [--config.KEY=VALUE ...]"
+  echo "       ./launch.sh test [pytest args]"
+  echo "experiments:"
+  experiments
+}
+
+if [[ $# -eq 0 || "$1" == "-h" || "$1" == "--help" ]]; then
+  usage
+  exit 2
+fi
+target="$1"
+shift
+if [[ "$target" != "test" && ! -f "experiments/$target.py" ]]; then
+  echo "error: unknown experiment '$target'. Available experiments:" >&2
+  experiments >&2
+  exit 2
+fi
+
+python="${PYTHON:-}"
+if [[ -z "$python" ]]; then
+  if [[ -x .venv/bin/python ]]; then
+    python=.venv/bin/python
+  elif command -v python3 >/dev/null && python3 -c "import gen.main, pytest" 2>/dev/null; then
+    python=python3
+  else
+    python=.venv/bin/python
+  fi
+fi
+if ! "$python" -c "import gen.main, pytest" 2>/dev/null; then
+  echo "Installing gen and its dependencies into .venv (first use only)..." >&2
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  python=.venv/bin/python
+  "$python" -m pip install --quiet --upgrade pip
+  "$python" -m pip install --quiet -e ".[test]"
+fi
+
+if [[ "$target" == "test" ]]; then
+  exec "$python" -m pytest "$@"
+fi
+workdir="runs/$target"
+for arg in "$@"; do
+  case "$arg" in --workdir=*) workdir="${arg#--workdir=}" ;; esac
+done
+exec "$python" -m gen.main --config="experiments/$target.py" --workdir="$workdir" "$@"
