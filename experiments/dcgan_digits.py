@@ -1,0 +1,25 @@
+"""DCGAN on scikit-learn's 8x8 digits: the default experiment, offline, minutes on 2 CPU cores."""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 64  # Global, over all devices.
+  config.num_steps = 10_000
+  config.log_every = 100
+  config.sample_every = 1000
+  config.checkpoint_every = 2500
+  config.eval_every = 2500
+  config.keep_checkpoints = 3
+
+  config.dataset = ml_collections.ConfigDict({"name": "digits", "split": "train"})
+  config.model = ml_collections.ConfigDict({
+      "name": "dcgan",
+      "latent_dim": 32,
+      "generator_features": (128, 64, 32),
+      "discriminator_features": (32, 64),
+  })
+  adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
+  config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
+  return config

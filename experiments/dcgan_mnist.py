@@ -1,0 +1,26 @@
+"""DCGAN-28 (the TensorFlow-tutorial architecture) on MNIST from tfds (downloads on first use)."""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 128  # Global, over all devices.
+  config.num_steps = 20_000
+  config.log_every = 100
+  config.sample_every = 1000
+  config.checkpoint_every = 2000
+  config.eval_every = 5000
+  config.keep_checkpoints = 3
+
+  config.dataset = ml_collections.ConfigDict(
+      {"name": "mnist", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
+  config.model = ml_collections.ConfigDict({
+      "name": "dcgan",
+      "latent_dim": 100,
+      "generator_features": (256, 128, 64),
+      "discriminator_features": (64, 128),
+  })
+  adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
+  config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
+  return config

@@ -1,0 +1,21 @@
+"""MLP GAN on 25 Gaussians on the grid {-4,-2,0,2,4}² (std 0.05), the mode-collapse benchmark."""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 256  # Global, over all devices.
+  config.num_steps = 5000
+  config.log_every = 250
+  config.sample_every = 1000
+  config.checkpoint_every = 2500
+  config.eval_every = 2500
+  config.keep_checkpoints = 3
+
+  config.dataset = ml_collections.ConfigDict({"name": "grid2d", "split": "train"})
+  config.model = ml_collections.ConfigDict(
+      {"name": "mlp_gan", "latent_dim": 2, "hidden": (128, 128, 128)})
+  adam = {"learning_rate": 1e-3, "b1": 0.5, "b2": 0.999}
+  config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
+  return config

@@ -1,0 +1,26 @@
+"""Convolutional VAE on scikit-learn's 8x8 digits (Bernoulli likelihood on intensities), offline."""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 64  # Global, over all devices.
+  config.num_steps = 3000
+  config.log_every = 100
+  config.sample_every = 500
+  config.checkpoint_every = 1000
+  config.eval_every = 1000
+  config.keep_checkpoints = 3
+
+  config.dataset = ml_collections.ConfigDict({"name": "digits", "split": "train"})
+  config.model = ml_collections.ConfigDict({
+      "name": "conv_vae",
+      "latent_dim": 8,
+      "features": (32, 64),
+      "likelihood": "bernoulli",  # Or "gaussian", with a fixed observation_std.
+      "observation_std": 0.1,
+  })
+  config.optimizer = ml_collections.ConfigDict(
+      {"vae": {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999}})
+  return config

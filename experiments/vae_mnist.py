@@ -1,0 +1,27 @@
+"""Convolutional VAE on MNIST from tfds (Bernoulli likelihood on intensities; downloads on first use)."""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 128  # Global, over all devices.
+  config.num_steps = 20_000
+  config.log_every = 100
+  config.sample_every = 1000
+  config.checkpoint_every = 2000
+  config.eval_every = 5000
+  config.keep_checkpoints = 3
+
+  config.dataset = ml_collections.ConfigDict(
+      {"name": "mnist", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
+  config.model = ml_collections.ConfigDict({
+      "name": "conv_vae",
+      "latent_dim": 16,
+      "features": (32, 64),
+      "likelihood": "bernoulli",  # Or "gaussian", with a fixed observation_std.
+      "observation_std": 0.1,
+  })
+  config.optimizer = ml_collections.ConfigDict(
+      {"vae": {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999}})
+  return config

@@ -1,0 +1,187 @@
+"""Datasets and the input pipeline.
+
+Every dataset is a random-access source of examples. `grain` shuffles indices
+deterministically from the config seed and batches them; each process then reads only
+its own rows of every global batch, and a background thread places the batches on the
+mesh ahead of the train step. The grain iterator's state is the data position that
+checkpoints store, so a resumed run sees the same batches as an uninterrupted one.
+
+Images leave this module as float32 NHWC in [-1, 1]; 2D mixtures as float32 [N, 2].
+"""
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import numpy as np
+
+from gen import UsageError, sharding
+
+# Offline datasets are fixed objects: their contents never depend on the config seed.
+_SPLIT_SEED = 0
+_DIGITS_TEST_FRACTION = 0.2
+_MIXTURE_SIZE = {"train": 100_000, "test": 10_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A random-access dataset.
+
+  Attributes:
+    name: the dataset's name in configs.
+    kind: "image" ([H, W, C] in [-1, 1]) or "points" ([2]).
+    shape: the shape of one example.
+    num_examples: the size of the split.
+    num_classes: the number of labels.
+    read: indices [B] -> {"x": float32 [B, *shape], "label": int32 [B]}.
+  """
+  name: str
+  kind: str
+  shape: tuple[int, ...]
+  num_examples: int
+  num_classes: int
+  read: Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def _in_memory(name, kind, x, labels, num_classes) -> Dataset:
+  x = np.ascontiguousarray(x, np.float32)
+  labels = np.asarray(labels, np.int32)
+  return Dataset(name, kind, x.shape[1:], len(x), num_classes,
+                 lambda idx: {"x": x[idx], "label": labels[idx]})
+
+
+def digits(split: str) -> Dataset:
+  """scikit-learn's 1,797 handwritten 8x8 digits (bundled; no network), split 80/20."""
+  from sklearn.datasets import load_digits
+  raw = load_digits()
+  order = np.random.default_rng(_SPLIT_SEED).permutation(len(raw.images))
+  num_test = int(round(len(order) * _DIGITS_TEST_FRACTION))
+  idx = {"train": order[num_test:], "test": order[:num_test]}[split]
+  x = raw.images[idx, :, :, None] / 16.0 * 2.0 - 1.0
+  return _in_memory("digits", "image", x, raw.target[idx], 10)
+
+
+def ring_means(radius: float = 2.0, num_modes: int = 8) -> np.ndarray:
+  """[8, 2] means on a circle: (cos 2πi/8, sin 2πi/8)·r, i = 0..7 (no repeated mode)."""
+  angles = 2 * np.pi * np.arange(num_modes) / num_modes
+  return radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+
+
+def grid_means() -> np.ndarray:
+  """[25, 2] means on the grid {-4, -2, 0, 2, 4}²."""
+  axis = np.arange(-4.0, 5.0, 2.0)
+  return np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+MIXTURES = {"ring2d": (ring_means, 0.02), "grid2d": (grid_means, 0.05)}
+
+
+def mixture(name: str, split: str) -> Dataset:
+  """Equal-weight 2D Gaussian mixtures, the standard mode-collapse benchmarks."""
+  means_fn, std = MIXTURES[name]
+  means = means_fn()
+  rng = np.random.default_rng([_SPLIT_SEED, ["train", "test"].index(split)])
+  labels = rng.integers(len(means), size=_MIXTURE_SIZE[split])
+  x = means[labels] + std * rng.standard_normal((len(labels), 2))
+  return _in_memory(name, "points", x, labels, len(means))
+
+
+def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
+  """An image dataset from tensorflow-datasets, read with `tfds.data_source` (no TensorFlow)."""
+  import tensorflow_datasets as tfds
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+  except Exception as e:  # tfds raises many types: missing files, no network, bad names.
+    raise UsageError(
+        f"Could not open the tfds dataset '{name}' (split '{split}', data_dir={data_dir!r}): "
+        f"{type(e).__name__}: {e}\nThe first use downloads and prepares it, which needs the "
+        f"network; on an offline machine prepare it elsewhere (`tfds build {name}`) and pass "
+        f"--config.dataset.data_dir=DIR, or use an offline dataset (digits, ring2d, grid2d)."
+    ) from e
+  first = source[0]
+  shape = tuple(first["image"].shape)
+  num_classes = 0
+  try:
+    num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
+  except Exception:  # Unlabelled or unknown metadata: labels stay as stored.
+    pass
+
+  def read(idx):
+    examples = [source[int(i)] for i in idx]
+    x = np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1.0
+    labels = np.asarray([e.get("label", 0) for e in examples], np.int32)
+    return {"x": x, "label": labels}
+
+  return Dataset(name, "image", shape, len(source), num_classes, read)
+
+
+def load(config, split: str | None = None) -> Dataset:
+  """The dataset named by `config` (a `config.dataset` ConfigDict)."""
+  split = split or config.split
+  if config.name == "digits":
+    return digits(split)
+  if config.name in MIXTURES:
+    return mixture(config.name, split)
+  return tfds_images(config.name, split, config.get("data_dir"))
+
+
+def batch_dataset(dataset: Dataset, batch_size: int, seed: int) -> grain.IterDataset:
+  """Endless, per-epoch reshuffled global batches, of which this process reads its rows."""
+  rows = sharding.process_batch_slice(batch_size)
+  return (grain.MapDataset.range(dataset.num_examples)
+          .seed(seed)
+          .shuffle()
+          .repeat()
+          .batch(batch_size, drop_remainder=True)
+          .map(lambda idx: dataset.read(idx[rows]))
+          .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+
+
+class DeviceIterator:
+  """Global batches on the mesh, produced by a background thread.
+
+  `state` is the grain position after the last batch handed out; it is what a
+  checkpoint must store to resume on the next batch.
+  """
+
+  def __init__(self, dataset: Dataset, batch_size: int, seed: int, mesh,
+               state: dict[str, Any] | None = None, buffer_size: int = 2):
+    self._iterator = iter(batch_dataset(dataset, batch_size, seed))
+    if state is not None:
+      self._iterator.set_state(state)
+    self.state = self._iterator.get_state()
+    self._mesh = mesh
+    self._queue = queue.Queue(maxsize=buffer_size)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._produce, daemon=True)
+    self._thread.start()
+
+  def _produce(self):
+    try:
+      while not self._stop.is_set():
+        batch = sharding.shard_batch(next(self._iterator), self._mesh)
+        item = (batch, self._iterator.get_state())
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except Exception as e:  # Re-raised in the consumer, where it can be seen.
+      self._queue.put(e)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    item = self._queue.get()
+    if isinstance(item, Exception):
+      raise item
+    batch, self.state = item
+    return batch
+
+  def close(self):
+    self._stop.set()
+    self._thread.join(timeout=5)

@@ -1,0 +1,61 @@
+"""A convolutional VAE: encoder to a diagonal Gaussian posterior, decoder to likelihood parameters."""
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gen.models.layers import ConvTranspose
+
+
+class Encoder(nn.Module):
+  """images [B, H, W, C] -> (mean [B, latent], log_var [B, latent])."""
+  latent_dim: int = 16
+  features: Sequence[int] = (32, 64)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    for width in self.features:
+      x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2), padding="SAME")(x))
+    x = nn.relu(nn.Dense(256)(x.reshape(x.shape[0], -1)))
+    mean, log_var = jnp.split(nn.Dense(2 * self.latent_dim)(x), 2, axis=-1)
+    return mean, log_var
+
+
+class Decoder(nn.Module):
+  """z [B, latent] -> likelihood parameters [B, H, W, C] (Bernoulli logits or Gaussian means)."""
+  shape: Sequence[int] = (28, 28, 1)
+  features: Sequence[int] = (64, 32)
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    height, width, channels = self.shape
+    scale = 2 ** len(self.features)
+    h, w = height // scale, width // scale
+    x = nn.relu(nn.Dense(256)(z))
+    x = nn.relu(nn.Dense(h * w * self.features[0])(x)).reshape(z.shape[0], h, w, self.features[0])
+    for width_ in self.features:
+      x = nn.relu(ConvTranspose(width_, (3, 3), strides=(2, 2))(x))
+    return nn.Conv(channels, (3, 3), padding="SAME")(x)
+
+
+class VAE(nn.Module):
+  """x [B, H, W, C] -> (decoder output [B, H, W, C], mean, log_var), sampling z by reparameterisation."""
+  shape: Sequence[int] = (28, 28, 1)
+  latent_dim: int = 16
+  features: Sequence[int] = (32, 64)
+
+  def setup(self):
+    self.encoder = Encoder(self.latent_dim, self.features)
+    self.decoder = Decoder(self.shape, tuple(reversed(self.features)))
+
+  def __call__(self, x: jax.Array, rng: jax.Array):
+    mean, log_var = self.encoder(x)
+    z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape, mean.dtype)
+    return self.decoder(z), mean, log_var
+
+  def encode(self, x: jax.Array):
+    return self.encoder(x)
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    return self.decoder(z)

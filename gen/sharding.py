@@ -1,0 +1,58 @@
+"""Data-parallel sharding: one `Mesh` over all devices with a `data` axis.
+
+Params and optimizer states are replicated; batches are split along their leading
+axis. The same code runs on 1 CPU, 8 GPUs or a multi-host TPU pod.
+"""
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gen import UsageError
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over the `data` axis, other axes whole."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+  """Fails with a message naming the fix when the global batch cannot be split evenly."""
+  num_devices = mesh.devices.size
+  if batch_size <= 0 or batch_size % num_devices:
+    lower = max(num_devices, batch_size // num_devices * num_devices)
+    raise UsageError(
+        f"config.batch_size={batch_size} is the global batch and must be a positive "
+        f"multiple of the device count ({num_devices} devices over "
+        f"{jax.process_count()} process(es)). Use e.g. --config.batch_size={lower} "
+        f"or --config.batch_size={lower + num_devices}.")
+  if batch_size % jax.process_count():
+    raise UsageError(f"config.batch_size={batch_size} must divide by the process count "
+                     f"{jax.process_count()}.")
+
+
+def process_batch_slice(batch_size: int) -> slice:
+  """The rows of each global batch that this process reads and feeds."""
+  per_process = batch_size // jax.process_count()
+  start = jax.process_index() * per_process
+  return slice(start, start + per_process)
+
+
+def shard_batch(local_batch, mesh: Mesh):
+  """Assembles global `jax.Array`s from this process's rows of a batch (a pytree of arrays)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)

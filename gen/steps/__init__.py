@@ -1,0 +1,54 @@
+"""Train steps: pure `(state, batch, rng) -> (state, metrics)` functions, one module per family.
+
+Each family module (`gan`, `vae`) provides:
+  init_state(models, optimizers, config, shape, key) -> TrainState
+  make_train_step(models, optimizers, config) -> train_step(state, batch, rng)
+  make_generate(models, config) -> generate(state, key, num) -> samples in model space
+  make_snapshots(models, config) -> snapshots(state, batch, key) -> {name: images}
+"""
+from typing import Any
+
+import jax
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a run carries from step to step, and what a checkpoint stores.
+
+  Attributes:
+    step: int32 [], the number of updates applied.
+    rng: the run's typed PRNG key; step s uses `fold_in(rng, s)`, so randomness is the
+      same across device counts and resumes.
+    params: {module name: params}.
+    batch_stats: {module name: BatchNorm statistics} (empty for modules without any).
+    opt_state: {module name: optax state}.
+  """
+  step: jax.Array
+  rng: jax.Array
+  params: dict[str, Any]
+  batch_stats: dict[str, Any]
+  opt_state: dict[str, Any]
+
+
+def step_key(state: TrainState) -> jax.Array:
+  return jax.random.fold_in(state.rng, state.step)
+
+
+def make_optimizers(optimizer_config, names) -> dict[str, optax.GradientTransformation]:
+  """Adam per module, from `config.optimizer.<name>` (learning_rate, b1, b2)."""
+  return {name: optax.adam(**optimizer_config[name].to_dict()) for name in names}
+
+
+def variables(state: TrainState, name: str, params=None) -> dict[str, Any]:
+  """The variables to `apply` module `name` with: its params and any batch stats."""
+  params = state.params[name] if params is None else params
+  return {"params": params, **({"batch_stats": state.batch_stats[name]}
+                               if state.batch_stats.get(name) else {})}
+
+
+def init_variables(module, key, *args, **kwargs):
+  """(params, batch_stats) of a freshly initialised module."""
+  variables_ = module.init({"params": key}, *args, **kwargs)
+  return variables_["params"], variables_.get("batch_stats", {})

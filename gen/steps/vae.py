@@ -1,0 +1,95 @@
+"""The VAE train step: one gradient step on the negative ELBO (reparameterised, analytic KL)."""
+import jax
+import jax.numpy as jnp
+import optax
+
+from gen import UsageError, losses
+from gen.steps import TrainState, init_variables
+
+
+def _to_unit(x):
+  """Model space [-1, 1] -> the likelihood's data space [0, 1]."""
+  return (x + 1.0) * 0.5
+
+
+def _log_likelihood(model_config, decoded, target):
+  if model_config.likelihood == "bernoulli":
+    return losses.bernoulli_log_likelihood(decoded, target)
+  if model_config.likelihood == "gaussian":
+    return losses.gaussian_log_likelihood(decoded, target, jnp.log(model_config.observation_std))
+  raise UsageError(f"Unknown config.model.likelihood={model_config.likelihood!r}; "
+                   "use 'bernoulli' or 'gaussian'.")
+
+
+def _mean_image(model_config, decoded):
+  """The likelihood's mean, back in model space [-1, 1]."""
+  mean = jax.nn.sigmoid(decoded) if model_config.likelihood == "bernoulli" else decoded
+  return jnp.clip(mean, 0.0, 1.0) * 2.0 - 1.0
+
+
+def init_state(models, optimizers, config, shape, key) -> TrainState:
+  init_key, sample_key, rng = jax.random.split(key, 3)
+  params, _ = init_variables(models["vae"], init_key, jnp.zeros((1, *shape)), sample_key)
+  return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params={"vae": params},
+                    batch_stats={}, opt_state={"vae": optimizers["vae"].init(params)})
+
+
+def make_train_step(models, optimizers, config):
+  vae = models["vae"]
+
+  def train_step(state: TrainState, batch, rng):
+    """batch["x"] [B, H, W, C] in [-1, 1] -> (state, per-example metrics in nats)."""
+    target = _to_unit(batch["x"])
+
+    def loss_fn(params):
+      decoded, mean, log_var = vae.apply({"params": params}, batch["x"], rng)
+      log_likelihood = _log_likelihood(config.model, decoded, target)
+      kl = losses.gaussian_kl(mean, log_var)
+      elbo = (log_likelihood - kl).mean()
+      return -elbo, {"elbo": elbo, "reconstruction": -log_likelihood.mean(), "kl": kl.mean()}
+
+    params = state.params["vae"]
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizers["vae"].update(grads, state.opt_state["vae"], params)
+    new_state = state.replace(step=state.step + 1,
+                              params={"vae": optax.apply_updates(params, updates)},
+                              opt_state={"vae": opt_state})
+    return new_state, {"loss": loss, **metrics}
+
+  return train_step
+
+
+def make_generate(models, config):
+  vae = models["vae"]
+
+  def generate(state: TrainState, key, num: int):
+    """num decoded prior samples [num, H, W, C] (the likelihood's mean) in model space."""
+    z = jax.random.normal(key, (num, config.model.latent_dim))
+    return _mean_image(config.model, vae.apply({"params": state.params["vae"]}, z,
+                                               method=vae.decode))
+
+  return generate
+
+
+def make_snapshots(models, config, num_interpolation_steps: int = 8):
+  vae = models["vae"]
+  generate = make_generate(models, config)
+
+  def snapshots(state: TrainState, batch, key):
+    """Prior samples, inputs beside their reconstructions, and latent interpolations."""
+    x = batch["x"]
+    params = {"params": state.params["vae"]}
+    mean, _ = vae.apply(params, x, method=vae.encode)
+    decode = lambda z: _mean_image(config.model, vae.apply(params, z, method=vae.decode))
+    # Rows alternate inputs and reconstructions of the posterior means.
+    half = x.shape[0] // 2
+    pairs = jnp.stack([x[:half], decode(mean)[:half]], axis=1).reshape(-1, *x.shape[1:])
+    # Each row walks in a straight line between the codes of two inputs.
+    rows = min(8, half)
+    t = jnp.linspace(0.0, 1.0, num_interpolation_steps)[None, :, None]
+    path = (1 - t) * mean[:rows, None] + t * mean[rows:2 * rows, None]
+    interpolation = decode(path.reshape(-1, mean.shape[-1]))
+    return {"samples": generate(state, key, x.shape[0]), "reconstructions": pairs,
+            "interpolations": interpolation}
+
+  return snapshots

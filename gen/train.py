@@ -1,0 +1,194 @@
+"""The training loop, and sampling from a trained run: the only place with side effects.
+
+Everything below this module is pure; here live progress, logging, sample grids,
+checkpoints and the data iterator.
+"""
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from gen import UsageError, checkpoint, data, models as models_lib, sharding, writers
+from gen.steps import TrainState, gan, make_optimizers, step_key, vae
+
+FAMILIES = {"gan": gan, "vae": vae}
+# Examples shown in sample grids (images) and scatter plots (2D points).
+_SNAPSHOT_SIZE = {"image": 64, "points": 2500}
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a config builds before anything is compiled."""
+  config: Any
+  mesh: jax.sharding.Mesh
+  dataset: data.Dataset
+  models: dict
+  family: Any
+  optimizers: dict
+
+  def init_state(self) -> TrainState:
+    init = functools.partial(self.family.init_state, self.models, self.optimizers, self.config,
+                             self.dataset.shape)
+    return jax.jit(init, out_shardings=sharding.replicated(self.mesh))(
+        jax.random.key(self.config.seed))
+
+  def abstract_state(self):
+    init = functools.partial(self.family.init_state, self.models, self.optimizers, self.config,
+                             self.dataset.shape)
+    shapes = jax.eval_shape(init, jax.random.key(self.config.seed))
+    return checkpoint.abstract_like(shapes, sharding.replicated(self.mesh))
+
+  def compile_train_step(self, state: TrainState):
+    """The train step compiled once for the mesh: `(state, batch) -> (state, metrics)`.
+
+    The step's key is derived from the state, the state is donated, and the batch is
+    split over the `data` axis while everything else is replicated.
+    """
+    train_step = self.family.make_train_step(self.models, self.optimizers, self.config)
+    replicated, batched = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
+    batch = {"x": jax.ShapeDtypeStruct((self.config.batch_size, *self.dataset.shape), np.float32,
+                                       sharding=batched),
+             "label": jax.ShapeDtypeStruct((self.config.batch_size,), np.int32, sharding=batched)}
+    return jax.jit(
+        lambda state, batch: train_step(state, batch, step_key(state)),
+        in_shardings=(replicated, batched),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    ).lower(state, batch).compile()
+
+
+def build(config, mesh=None) -> Experiment:
+  """Validates the config against the devices and the data, then builds the models."""
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  sharding.check_batch_size(config.batch_size, mesh)
+  dataset = data.load(config.dataset)
+  models = models_lib.build(config.model, dataset.shape)
+  family = FAMILIES[models_lib.FAMILY[config.model.name]]
+  return Experiment(config, mesh, dataset, models, family,
+                    make_optimizers(config.optimizer, models))
+
+
+def _snapshot_batch(experiment: Experiment):
+  """A fixed batch of real examples for grids (the first ones of the training split)."""
+  num = min(_SNAPSHOT_SIZE[experiment.dataset.kind], experiment.dataset.num_examples)
+  return experiment.dataset.read(np.arange(num))
+
+
+def _write_snapshots(workdir, step, images: dict, reference, kind, writer):
+  for name, values in images.items():
+    values = np.asarray(values)
+    if kind == "points":
+      pixels = writers.scatter_plot(values, reference)
+    else:
+      pixels = writers.image_grid(values)
+    prefix = "" if name == "samples" else f"{name}_"
+    writers.save_png(os.path.join(workdir, "samples", f"{prefix}step_{step}.png"), pixels)
+    writer.write_image(step, name, pixels)
+
+
+def train(config, workdir: str, mesh=None) -> TrainState:
+  """Trains to `config.num_steps`, resuming from the latest checkpoint in `workdir`."""
+  experiment = build(config, mesh)
+  mesh = experiment.mesh
+  replicated = sharding.replicated(mesh)
+  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                         config.keep_checkpoints)
+  data_state = None
+  if checkpointer.latest_step() is not None:
+    state, data_state = checkpointer.restore(experiment.abstract_state())
+    logging.info("Resumed from %s at step %d.", workdir, int(state.step))
+  else:
+    state = experiment.init_state()
+  start = int(state.step)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  if start >= config.num_steps:
+    logging.info("Step %d already reached num_steps=%d; nothing to train.", start, config.num_steps)
+    return state
+
+  compile_start = time.perf_counter()
+  compiled_step = experiment.compile_train_step(state)
+  cost = compiled_step.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops_per_step = float((cost or {}).get("flops", 0.0))
+  logging.info("Compiled the train step in %.1f s (%.3g FLOP per step).",
+               time.perf_counter() - compile_start, flops_per_step)
+
+  snapshots = jax.jit(experiment.family.make_snapshots(experiment.models, config),
+                      out_shardings=replicated)
+  snapshot_batch = jax.device_put(_snapshot_batch(experiment), replicated)
+  snapshot_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  reference = np.asarray(snapshot_batch["x"]) if experiment.dataset.kind == "points" else None
+
+  writer = writers.MetricWriter(workdir)
+  batches = data.DeviceIterator(experiment.dataset, config.batch_size, config.seed, mesh,
+                                data_state)
+  progress = tqdm(total=config.num_steps, initial=start, disable=jax.process_index() != 0,
+                  dynamic_ncols=True, mininterval=1.0)
+  window_start, window_steps = time.perf_counter(), 0
+  try:
+    for step in range(start + 1, config.num_steps + 1):
+      state, metrics = compiled_step(state, next(batches))
+      window_steps += 1
+      progress.update(1)
+      if step % config.log_every == 0 or step == config.num_steps:
+        metrics = jax.device_get(metrics)  # The loop's only host sync, every log_every steps.
+        seconds = time.perf_counter() - window_start
+        throughput = {
+            "images_per_sec": window_steps * config.batch_size / seconds,
+            "gflops_per_sec": window_steps * flops_per_step / seconds / 1e9,
+        }
+        writer.write_scalars(step, {**metrics, **throughput})
+        progress.set_postfix({k: f"{float(v):.3g}" for k, v in {**metrics, **throughput}.items()},
+                             refresh=False)
+        window_start, window_steps = time.perf_counter(), 0
+      if step % config.sample_every == 0 or step == config.num_steps:
+        images = jax.device_get(snapshots(state, snapshot_batch, snapshot_key))
+        if jax.process_index() == 0:
+          _write_snapshots(workdir, step, images, reference, experiment.dataset.kind, writer)
+      if step % config.checkpoint_every == 0 or step == config.num_steps:
+        checkpointer.save(step, state, batches.state)
+  finally:
+    progress.close()
+    batches.close()
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  return state
+
+
+def sample(config, workdir: str, num_samples: int, output: str, mesh=None) -> np.ndarray:
+  """Writes `num_samples` samples of the latest checkpoint to `output` (.npz), in [0, 1] for images.
+
+  Deterministic for a given checkpoint and `config.seed`.
+  """
+  experiment = build(config, mesh)
+  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  if checkpointer.latest_step() is None:
+    raise UsageError(
+        f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
+        f"(--mode=train with the same --workdir), or point --workdir at a trained run.")
+  state, _ = checkpointer.restore(experiment.abstract_state())
+  checkpointer.close()
+  generate = jax.jit(experiment.family.make_generate(experiment.models, config),
+                     static_argnums=2, out_shardings=sharding.replicated(experiment.mesh))
+  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  chunks = []
+  for i in range(-(-num_samples // config.batch_size)):
+    chunks.append(np.asarray(generate(state, jax.random.fold_in(key, i), config.batch_size)))
+  samples = np.concatenate(chunks)[:num_samples].astype(np.float32)
+  if experiment.dataset.kind == "image":
+    samples = writers.to_unit_range(samples)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    np.savez(output, samples=samples)
+    logging.info("Wrote %d samples of step %d to %s.", len(samples), int(state.step), output)
+  return samples

@@ -1,0 +1,88 @@
+"""Where a run's outputs go: scalars to the console, metrics.jsonl and TensorBoard; images to PNG.
+
+Only process 0 writes; other processes get writers that do nothing.
+"""
+import json
+import math
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from PIL import Image, ImageDraw
+
+
+def to_unit_range(images) -> np.ndarray:
+  """Model space [-1, 1] -> [0, 1], the range of every image that leaves gen."""
+  return np.clip((np.asarray(images, np.float32) + 1.0) * 0.5, 0.0, 1.0)
+
+
+def image_grid(images, columns: int | None = None, pad: int = 1, min_size: int = 32) -> np.ndarray:
+  """images [N, H, W, C] in [-1, 1] -> one uint8 grid [rows·(H+pad)+pad, ..., C].
+
+  Images smaller than `min_size` pixels are enlarged by pixel repetition, so that an
+  8x8 digit is legible in the PNG.
+  """
+  images = to_unit_range(images)
+  scale = max(1, min_size // images.shape[1])
+  images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+  n, h, w, c = images.shape
+  if columns is None:
+    columns = math.ceil(math.sqrt(n))
+    columns += columns % 2  # Even, so input/reconstruction pairs stay side by side.
+  rows = math.ceil(n / columns)
+  grid = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.float32)
+  for i, image in enumerate(images):
+    r, col = divmod(i, columns)
+    grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + col * (w + pad):(col + 1) * (w + pad)] = image
+  return (grid * 255).round().astype(np.uint8)
+
+
+def scatter_plot(points, reference=None, size: int = 400, extent: float = 5.5) -> np.ndarray:
+  """points [N, 2] (red) over optional reference points (grey) -> uint8 RGB [size, size, 3]."""
+  canvas = Image.new("RGB", (size, size), "white")
+  draw = ImageDraw.Draw(canvas)
+  to_pixel = lambda p: (p + extent) / (2 * extent) * (size - 1)
+  for xy, colour in ((reference, (170, 170, 170)), (points, (200, 30, 30))):
+    if xy is None:
+      continue
+    for x, y in to_pixel(np.asarray(xy, np.float32)):
+      draw.point((float(x), float(size - 1 - y)), fill=colour)
+  return np.asarray(canvas)
+
+
+def save_png(path: str, pixels: np.ndarray) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)
+
+
+class MetricWriter:
+  """Scalars to metrics.jsonl, TensorBoard event files and the log; images to TensorBoard."""
+
+  def __init__(self, workdir: str):
+    self._enabled = jax.process_index() == 0
+    if not self._enabled:
+      return
+    from tensorboardX import SummaryWriter  # Writes event files without TensorFlow.
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._tensorboard = SummaryWriter(workdir)
+
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    if not self._enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    for name, value in scalars.items():
+      self._tensorboard.add_scalar(name, value, step)
+    logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+
+  def write_image(self, step: int, name: str, pixels: np.ndarray) -> None:
+    if self._enabled:
+      self._tensorboard.add_image(name, pixels, step, dataformats="HWC")
+
+  def close(self) -> None:
+    if self._enabled:
+      self._jsonl.close()
+      self._tensorboard.close()
