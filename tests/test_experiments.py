@@ -1,0 +1,24 @@
+"""Every file in experiments/ builds, initialises and trains two steps (tfds data mocked)."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import EXPERIMENTS, load_config, override
+from gen import train
+from gen.main import REQUIRED_KEYS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_trains_two_steps(name, tmp_path, single_device_mesh):
+  config = load_config(name)
+  assert all(key in config for key in REQUIRED_KEYS)
+  assert config.batch_size % 8 == 0, "the default batch should split over 8 devices"
+  # The experiment's own model at a small batch: what ships is what is tested.
+  override(config, {"num_steps": 2, "batch_size": 8, "log_every": 1})
+  with tfds.testing.mock_data(num_examples=32):
+    state = train.train(config, str(tmp_path), single_device_mesh)
+  assert int(state.step) == 2
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert len(records) == 2 and all(np.isfinite(v) for r in records for v in r.values())

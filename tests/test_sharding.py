@@ -1,0 +1,42 @@
+"""The train step on 8 virtual CPU devices equals the step on 1 device."""
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_config, tiny
+from gen import UsageError, sharding, train
+
+
+def _one_step(config, devices):
+  experiment = train.build(config, sharding.make_mesh(devices))
+  state = experiment.init_state()
+  initial = jax.device_get(state.params)
+  batch = experiment.dataset.read(np.arange(config.batch_size))
+  step = experiment.compile_train_step(state)
+  new_state, metrics = step(state, sharding.shard_batch(batch, experiment.mesh))
+  return initial, jax.device_get(new_state.params), jax.device_get(metrics), new_state
+
+
+@pytest.mark.parametrize("name", ["dcgan_digits", "vae_digits", "gan_ring2d"])
+def test_sharded_step_matches_single_device(name):
+  assert jax.device_count() == 8
+  config = tiny(load_config(name), batch_size=32)
+  initial, params_1, metrics_1, _ = _one_step(config, jax.devices()[:1])
+  _, params_8, metrics_8, state_8 = _one_step(config, jax.devices())
+  # The step really ran on 8 devices, with replicated params.
+  leaf = jax.tree.leaves(state_8.params)[0]
+  assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
+  for key in metrics_1:
+    np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params_1), jax.tree.leaves(params_8)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  # The step moved the params, so the comparison is not between two initial states.
+  moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(params_1))]
+  assert max(moved) > 1e-5
+
+
+def test_indivisible_batch_is_a_clear_error():
+  mesh = sharding.make_mesh(jax.devices())
+  with pytest.raises(UsageError, match=r"batch_size=12 .* multiple of the device count \(8"):
+    sharding.check_batch_size(12, mesh)
+  sharding.check_batch_size(16, mesh)
