@@ -6,16 +6,16 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 256  # Global, over all devices.
-  config.num_steps = 5000
+  config.num_steps = 10_000
   config.log_every = 250
-  config.sample_every = 1000
-  config.checkpoint_every = 2500
-  config.eval_every = 2500
+  config.sample_every = 2000
+  config.checkpoint_every = 5000
+  config.eval_every = 5000
   config.keep_checkpoints = 3
 
   config.dataset = ml_collections.ConfigDict({"name": "grid2d", "split": "train"})
   config.model = ml_collections.ConfigDict(
       {"name": "mlp_gan", "latent_dim": 2, "hidden": (128, 128, 128)})
-  adam = {"learning_rate": 1e-3, "b1": 0.5, "b2": 0.999}
+  adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
   config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
   return config
