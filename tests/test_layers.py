@@ -1,0 +1,36 @@
+"""gen's ConvTranspose computes flax.linen.ConvTranspose's function, forward and both gradients."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gen.models.layers import ConvTranspose
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(5, 2, 7), (5, 1, 7), (3, 2, 7), (4, 2, 5),
+                                                  (3, 1, 6), (1, 2, 3)])
+def test_conv_transpose_matches_flax(kernel, stride, size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+  reference = nn.ConvTranspose(5, (kernel, kernel), strides=(stride, stride), padding="SAME")
+  ours = ConvTranspose(5, (kernel, kernel), strides=(stride, stride))
+  params = reference.init(jax.random.key(1), x)
+  params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+
+  expected, actual = jax.jit(reference.apply)(params, x), jax.jit(ours.apply)(params, x)
+  assert actual.shape == expected.shape == (2, size * stride, (size + 1) * stride, 5)
+  np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+  cotangent = jax.random.normal(jax.random.key(3), expected.shape)
+  loss = lambda module: lambda p, x: jnp.vdot(module.apply(p, x), cotangent)
+  expected_grads = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(params, x)
+  actual_grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+               actual_grads, expected_grads)
+
+
+def test_conv_transpose_without_bias_has_only_a_kernel():
+  params = ConvTranspose(4, (5, 5), strides=(2, 2), use_bias=False).init(
+      jax.random.key(0), jnp.zeros((1, 7, 7, 2)))
+  assert set(params["params"]) == {"kernel"}
