@@ -16,6 +16,7 @@ def get_config():
   config.dataset = ml_collections.ConfigDict({"name": "digits", "split": "train"})
   config.model = ml_collections.ConfigDict({
       "name": "dcgan",
+      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
       "latent_dim": 32,
       "generator_features": (128, 64, 32),
       "discriminator_features": (32, 64),

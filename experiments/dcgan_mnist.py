@@ -17,6 +17,7 @@ def get_config():
       {"name": "mnist", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
   config.model = ml_collections.ConfigDict({
       "name": "dcgan",
+      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
       "latent_dim": 100,
       "generator_features": (256, 128, 64),
       "discriminator_features": (64, 128),

@@ -14,8 +14,12 @@ def get_config():
   config.keep_checkpoints = 3
 
   config.dataset = ml_collections.ConfigDict({"name": "ring2d", "split": "train"})
-  config.model = ml_collections.ConfigDict(
-      {"name": "mlp_gan", "latent_dim": 2, "hidden": (128, 128, 128)})
+  config.model = ml_collections.ConfigDict({
+      "name": "mlp_gan",
+      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
+      "latent_dim": 2,
+      "hidden": (128, 128, 128),
+  })
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
   config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
   return config

@@ -16,6 +16,7 @@ def get_config():
   config.dataset = ml_collections.ConfigDict({"name": "digits", "split": "train"})
   config.model = ml_collections.ConfigDict({
       "name": "conv_vae",
+      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
       "latent_dim": 8,
       "features": (32, 64),
       "likelihood": "bernoulli",  # Or "gaussian", with a fixed observation_std.

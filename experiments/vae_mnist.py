@@ -17,6 +17,7 @@ def get_config():
       {"name": "mnist", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
   config.model = ml_collections.ConfigDict({
       "name": "conv_vae",
+      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
       "latent_dim": 16,
       "features": (32, 64),
       "likelihood": "bernoulli",  # Or "gaussian", with a fixed observation_std.

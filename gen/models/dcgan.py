@@ -4,6 +4,7 @@ A `base` x `base` seed is upsampled by one stride-1 and two stride-2 transposed
 convolutions, so the output is 4·base pixels square: base 7 gives 28x28, base 2 gives 8x8.
 """
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,18 +20,22 @@ class Generator(nn.Module):
   channels: int = 1
   kernel_size: int = 5
   negative_slope: float = 0.3
+  dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
-    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3)
+    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
+                              dtype=self.dtype)
     act = lambda x: nn.leaky_relu(x, self.negative_slope)
     k = (self.kernel_size, self.kernel_size)
-    x = nn.Dense(self.base * self.base * self.features[0], use_bias=False)(z)
+    x = nn.Dense(self.base * self.base * self.features[0], use_bias=False, dtype=self.dtype)(z)
     x = act(bn()(x)).reshape(z.shape[0], self.base, self.base, self.features[0])
-    x = act(bn()(ConvTranspose(self.features[1], k, strides=(1, 1), use_bias=False)(x)))
-    x = act(bn()(ConvTranspose(self.features[2], k, strides=(2, 2), use_bias=False)(x)))
-    x = ConvTranspose(self.channels, k, strides=(2, 2), use_bias=False)(x)
-    return jnp.tanh(x)
+    x = act(bn()(ConvTranspose(self.features[1], k, strides=(1, 1), use_bias=False,
+                               dtype=self.dtype)(x)))
+    x = act(bn()(ConvTranspose(self.features[2], k, strides=(2, 2), use_bias=False,
+                               dtype=self.dtype)(x)))
+    x = ConvTranspose(self.channels, k, strides=(2, 2), use_bias=False, dtype=self.dtype)(x)
+    return jnp.tanh(x.astype(jnp.float32))
 
 
 class Discriminator(nn.Module):
@@ -39,12 +44,14 @@ class Discriminator(nn.Module):
   kernel_size: int = 5
   negative_slope: float = 0.3
   dropout: float = 0.3
+  dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     k = (self.kernel_size, self.kernel_size)
     for width in self.features:
-      x = nn.Conv(width, k, strides=(2, 2), padding="SAME")(x)
+      x = nn.Conv(width, k, strides=(2, 2), padding="SAME", dtype=self.dtype)(x)
       x = nn.leaky_relu(x, self.negative_slope)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+    logits = nn.Dense(1, dtype=self.dtype)(x.reshape(x.shape[0], -1))[:, 0]
+    return logits.astype(jnp.float32)

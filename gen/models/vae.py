@@ -1,5 +1,6 @@
 """A convolutional VAE: encoder to a diagonal Gaussian posterior, decoder to likelihood parameters."""
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,13 +13,15 @@ class Encoder(nn.Module):
   """images [B, H, W, C] -> (mean [B, latent], log_var [B, latent])."""
   latent_dim: int = 16
   features: Sequence[int] = (32, 64)
+  dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     for width in self.features:
-      x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2), padding="SAME")(x))
-    x = nn.relu(nn.Dense(256)(x.reshape(x.shape[0], -1)))
-    mean, log_var = jnp.split(nn.Dense(2 * self.latent_dim)(x), 2, axis=-1)
+      x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(x))
+    x = nn.relu(nn.Dense(256, dtype=self.dtype)(x.reshape(x.shape[0], -1)))
+    x = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(x).astype(jnp.float32)
+    mean, log_var = jnp.split(x, 2, axis=-1)
     return mean, log_var
 
 
@@ -26,17 +29,19 @@ class Decoder(nn.Module):
   """z [B, latent] -> likelihood parameters [B, H, W, C] (Bernoulli logits or Gaussian means)."""
   shape: Sequence[int] = (28, 28, 1)
   features: Sequence[int] = (64, 32)
+  dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     height, width, channels = self.shape
     scale = 2 ** len(self.features)
     h, w = height // scale, width // scale
-    x = nn.relu(nn.Dense(256)(z))
-    x = nn.relu(nn.Dense(h * w * self.features[0])(x)).reshape(z.shape[0], h, w, self.features[0])
+    dense = lambda n: nn.Dense(n, dtype=self.dtype)
+    x = nn.relu(dense(256)(z))
+    x = nn.relu(dense(h * w * self.features[0])(x)).reshape(z.shape[0], h, w, self.features[0])
     for width_ in self.features:
-      x = nn.relu(ConvTranspose(width_, (3, 3), strides=(2, 2))(x))
-    return nn.Conv(channels, (3, 3), padding="SAME")(x)
+      x = nn.relu(ConvTranspose(width_, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
+    return nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class VAE(nn.Module):
@@ -44,10 +49,11 @@ class VAE(nn.Module):
   shape: Sequence[int] = (28, 28, 1)
   latent_dim: int = 16
   features: Sequence[int] = (32, 64)
+  dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   def setup(self):
-    self.encoder = Encoder(self.latent_dim, self.features)
-    self.decoder = Decoder(self.shape, tuple(reversed(self.features)))
+    self.encoder = Encoder(self.latent_dim, self.features, self.dtype)
+    self.decoder = Decoder(self.shape, tuple(reversed(self.features)), self.dtype)
 
   def __call__(self, x: jax.Array, rng: jax.Array):
     mean, log_var = self.encoder(x)

@@ -1,0 +1,82 @@
+"""The command line shared by gen's programs: the locked `--config` flag and its errors."""
+import os
+import sys
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                         lock_config=True)
+
+
+def fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def experiments() -> list[str]:
+  """The experiment names: the config files in experiments/."""
+  if not os.path.isdir("experiments"):
+    return []
+  return sorted(f[:-3] for f in os.listdir("experiments")
+                if f.endswith(".py") and not f.startswith("_"))
+
+
+def experiment_as_config(argv: list[str]) -> list[str]:
+  """argv with a leading experiment name replaced by --config=experiments/<name>.py."""
+  if len(argv) > 1 and not argv[1].startswith("-"):
+    if argv[1] not in experiments():
+      fail(f"unknown experiment {argv[1]!r}. Experiments: {', '.join(experiments())}.")
+    return [argv[0], f"--config=experiments/{argv[1]}.py", *argv[2:]]
+  return argv
+
+
+def _config_file(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing, with config errors turned into one line that names the fix."""
+  path = _config_file(argv)
+  if path is None:
+    fail("--config=experiments/<experiment>.py is required.")
+  if not os.path.isfile(path):
+    fail(f"config file {path!r} does not exist. Experiments: {', '.join(experiments())}.")
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{e}")
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a key the config does not have.
+    detail = e.args[0] if e.args else e
+    fail(f"unknown config key in the overrides: {detail}. The config file {path} lists the "
+          f"keys; run with --config={path} alone to see them.")
+
+
+class _QuietLibraries:
+  """Keeps library INFO chatter (Orbax logs every file it writes) out of the run's log."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "/orbax/" not in record.pathname  # 30: WARNING.
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+
+
+def enable_compilation_cache(directory: str = "~/.cache/gen/xla") -> None:
+  """Keeps compiled programs on disk, so a second launch skips XLA compilation.
+
+  A directory the user gave JAX (JAX_COMPILATION_CACHE_DIR) wins. Every program is cached:
+  small CPU programs compile in under JAX's default 1 s threshold and would not be.
+  """
+  import jax
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
