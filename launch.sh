@@ -2,6 +2,7 @@
 # gen's one entry point.
 #   ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample] [--config.KEY=VALUE ...]
 #   ./launch.sh test [pytest args]
+#   ./launch.sh bench <experiment> [--batch_size=B] [--steps=N] [--json]
 # Uses the Python that can already import gen (e.g. Colab, an activated env); otherwise
 # creates .venv beside this script on first use and installs gen into it.
 set -euo pipefail
@@ -13,6 +14,7 @@ experiments() { ls experiments | sed -n 's/^\([a-z0-9][a-z0-9_]*\)\.py$/  \1/p';
 usage() {
   echo "usage: ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample] [--config.KEY=VALUE ...]"
   echo "       ./launch.sh test [pytest args]"
+  echo "       ./launch.sh bench <experiment> [--batch_size=B] [--steps=N] [--json]"
   echo "experiments:"
   experiments
 }
@@ -23,7 +25,7 @@ if [[ $# -eq 0 || "$1" == "-h" || "$1" == "--help" ]]; then
 fi
 target="$1"
 shift
-if [[ "$target" != "test" && ! -f "experiments/$target.py" ]]; then
+if [[ "$target" != "test" && "$target" != "bench" && ! -f "experiments/$target.py" ]]; then
   echo "error: unknown experiment '$target'. Available experiments:" >&2
   experiments >&2
   exit 2
@@ -49,6 +51,9 @@ fi
 
 if [[ "$target" == "test" ]]; then
   exec "$python" -m pytest "$@"
+fi
+if [[ "$target" == "bench" ]]; then
+  exec "$python" -m gen.bench "$@"
 fi
 workdir="runs/$target"
 for arg in "$@"; do

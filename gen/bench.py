@@ -1,0 +1,185 @@
+"""Throughput benchmark of an experiment's train step, input pipeline and sampler.
+
+  python -m gen.bench <experiment> [--batch_size=B] [--steps=N] [--json] [--config.KEY=VALUE]
+
+The train step runs on synthetic batches already on the devices, so the number is the
+step's own speed; the input pipeline and the whole loop are measured apart, so a reader
+sees which of the two bounds a run. FLOPs come from XLA's cost analysis of the compiled
+step; utilisation is against a matmul peak measured in the same process on CPU, or the
+vendor's dense peak on GPUs and TPUs.
+"""
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from gen import cli
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before timing.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+
+# Dense peak FLOP/s by device kind and compute dtype, from the vendors' data sheets.
+VENDOR_PEAKS = {
+    ("NVIDIA H100 80GB HBM3", "bfloat16"): 989e12, ("NVIDIA H100 80GB HBM3", "float32"): 67e12,
+    ("NVIDIA H200", "bfloat16"): 989e12, ("NVIDIA H200", "float32"): 67e12,
+    ("NVIDIA A100-SXM4-80GB", "bfloat16"): 312e12, ("NVIDIA A100-SXM4-80GB", "float32"): 19.5e12,
+    ("TPU v4", "bfloat16"): 275e12, ("TPU v5 lite", "bfloat16"): 197e12,
+}
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def peak_flops_per_sec(dtype: str = "float32") -> tuple[float, str]:
+  """(peak FLOP/s of all devices, where the number comes from)."""
+  import jax
+  import jax.numpy as jnp
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    peak = VENDOR_PEAKS.get((device.device_kind, dtype))
+    if peak is not None:
+      return peak * jax.device_count(), f"vendor peak of {device.device_kind}, {dtype}"
+  n = 2048
+  a = jnp.ones((n, n), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(a).block_until_ready()
+  seconds = min(_median_seconds(lambda: matmul(a).block_until_ready(), 1) for _ in range(10))
+  return 2 * n**3 / seconds, f"measured {n}x{n} f32 matmul on {device.device_kind}"
+
+
+def _synthetic_batch(experiment, key):
+  import jax
+  import numpy as np
+  from gen import sharding
+  batch_size = experiment.config.batch_size
+  x = jax.random.uniform(key, (batch_size, *experiment.dataset.shape), minval=-1.0, maxval=1.0)
+  labels = np.zeros((batch_size,), np.int32)
+  return jax.device_put({"x": x, "label": labels}, sharding.batch_sharding(experiment.mesh))
+
+
+def benchmark(config, steps: int = 20, warmup: int = 3) -> dict:
+  """Measures the experiment of `config`; returns the numbers as a dict.
+
+  A tfds dataset that is not prepared on this machine is replaced by tfds's mock data of
+  the same shapes (`input_source` says so): the step's speed does not depend on pixels.
+  """
+  from gen import UsageError, data
+  try:
+    data.load(config.dataset)
+    source, context = "dataset", contextlib.nullcontext()
+  except UsageError:
+    import tensorflow_datasets as tfds
+    source, context = "tfds mock data", tfds.testing.mock_data(num_examples=10_000)
+  with context:
+    return {**_benchmark(config, steps, warmup), "input_source": source}
+
+
+def _benchmark(config, steps: int, warmup: int) -> dict:
+  import jax
+  from gen import data, sharding, train
+
+  # Compile once against an empty persistent cache, and once more from it.
+  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gen-bench-cache-"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  experiment = train.build(config)
+  state = experiment.init_state()
+  start = time.perf_counter()
+  step = experiment.compile_train_step(state)
+  compile_s = time.perf_counter() - start
+  jax.clear_caches()
+  start = time.perf_counter()
+  step = experiment.compile_train_step(state)
+  compile_cached_s = time.perf_counter() - start
+
+  cost = step.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops_per_step = float((cost or {}).get("flops", 0.0))
+
+  batch = _synthetic_batch(experiment, jax.random.key(0))
+  for _ in range(warmup):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    begin = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - begin)
+  step_s = statistics.median(times)
+  batch_size = config.batch_size
+
+  # The input pipeline alone, as the loop consumes it (prefetching onto the mesh).
+  batches = data.DeviceIterator(experiment.dataset, batch_size, config.seed, experiment.mesh)
+  jax.block_until_ready(next(batches))
+  begin = time.perf_counter()
+  for _ in range(steps):
+    jax.block_until_ready(next(batches))
+  input_s = (time.perf_counter() - begin) / steps
+
+  # The loop: steps fed by the pipeline, synchronising only at the end, as train() does.
+  begin = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, next(batches))
+  jax.block_until_ready(metrics)
+  loop_s = (time.perf_counter() - begin) / steps
+  batches.close()
+
+  generate = jax.jit(experiment.family.make_generate(experiment.models, config), static_argnums=2,
+                     out_shardings=sharding.replicated(experiment.mesh))
+  generate(state, jax.random.key(0), batch_size).block_until_ready()
+  sample_s = _median_seconds(
+      lambda: generate(state, jax.random.key(1), batch_size).block_until_ready(), steps)
+
+  peak, peak_source = peak_flops_per_sec()
+  return {
+      "experiment_batch_size": batch_size,
+      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "images_per_sec": batch_size / step_s,
+      "step_ms": 1e3 * step_s,
+      "compile_s": compile_s,
+      "compile_cached_s": compile_cached_s,
+      "flops_per_step": flops_per_step,
+      "flops_per_sec": flops_per_step / step_s,
+      "peak_flops_per_sec": peak,
+      "peak_source": peak_source,
+      "mfu": flops_per_step / step_s / peak,
+      "input_images_per_sec": batch_size / input_s,
+      "loop_images_per_sec": batch_size / loop_s,
+      "sample_images_per_sec": batch_size / sample_s,
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.quiet_library_logs()
+  config = cli.CONFIG.value
+  if _BATCH_SIZE.value:
+    config.batch_size = _BATCH_SIZE.value
+  result = benchmark(config, _STEPS.value, _WARMUP.value)
+  if _JSON.value:
+    print(json.dumps(result))
+  else:
+    for key, value in result.items():
+      print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
+
+
+def run():
+  """`python -m gen.bench <experiment> ...`: the experiment name stands for its config file."""
+  app.run(main, argv=cli.experiment_as_config(sys.argv), flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,29 @@
+"""The loop compiles its programs once, however many steps, logs, samples and checkpoints it runs."""
+import jax
+import pytest
+
+from conftest import load_config, tiny
+from gen import train
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@pytest.mark.parametrize("name", ["dcgan_digits", "vae_digits"])
+def test_compilations_do_not_grow_with_steps(name, tmp_path, single_device_mesh):
+  compiles = []
+  listener = lambda event, duration, **kwargs: compiles.append(event) if event == BACKEND_COMPILE else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    counts = []
+    for steps in (3, 9):
+      compiles.clear()
+      config = tiny(load_config(name), num_steps=steps, log_every=1, sample_every=1,
+                    checkpoint_every=1)
+      train.train(config, str(tmp_path / str(steps)), single_device_mesh)
+      counts.append(len(compiles))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  # A first run compiles the step, snapshots and a few helpers; thrice the steps (and
+  # logs, samples, checkpoints) must not compile anything more.
+  assert counts[0] > 0
+  assert counts[1] <= counts[0], counts
