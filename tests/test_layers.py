@@ -1,25 +1,20 @@
-"""gen's ConvTranspose computes flax.linen.ConvTranspose's function, forward and both gradients."""
+"""gen's layers compute flax.linen's functions, forward and both gradients."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen.models.layers import ConvTranspose
+from gen.models.layers import Conv, ConvTranspose, Dropout
 
 
-@pytest.mark.parametrize("kernel, stride, size", [(5, 2, 7), (5, 1, 7), (3, 2, 7), (4, 2, 5),
-                                                  (3, 1, 6), (1, 2, 3)])
-def test_conv_transpose_matches_flax(kernel, stride, size):
-  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
-  reference = nn.ConvTranspose(5, (kernel, kernel), strides=(stride, stride), padding="SAME")
-  ours = ConvTranspose(5, (kernel, kernel), strides=(stride, stride))
+def _assert_same_function(reference, ours, x, expected_shape):
   params = reference.init(jax.random.key(1), x)
   params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
 
   expected, actual = jax.jit(reference.apply)(params, x), jax.jit(ours.apply)(params, x)
-  assert actual.shape == expected.shape == (2, size * stride, (size + 1) * stride, 5)
+  assert actual.shape == expected.shape == expected_shape
   np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
   cotangent = jax.random.normal(jax.random.key(3), expected.shape)
@@ -28,6 +23,38 @@ def test_conv_transpose_matches_flax(kernel, stride, size):
   actual_grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                actual_grads, expected_grads)
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(5, 2, 7), (5, 1, 7), (3, 2, 7), (4, 2, 5),
+                                                  (3, 1, 6), (1, 2, 3)])
+def test_conv_transpose_matches_flax(kernel, stride, size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+  _assert_same_function(
+      nn.ConvTranspose(5, (kernel, kernel), strides=(stride, stride), padding="SAME"),
+      ConvTranspose(5, (kernel, kernel), strides=(stride, stride)), x,
+      (2, size * stride, (size + 1) * stride, 5))
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(5, 2, 28), (5, 2, 14), (3, 2, 7), (4, 2, 9),
+                                                  (3, 1, 6), (1, 2, 5), (3, 3, 10)])
+def test_conv_matches_flax(kernel, stride, size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+  out = lambda n: -(-n // stride)
+  _assert_same_function(nn.Conv(5, (kernel, kernel), strides=(stride, stride), padding="SAME"),
+                        Conv(5, (kernel, kernel), strides=(stride, stride)), x,
+                        (2, out(size), out(size + 1), 5))
+
+
+def test_dropout_keeps_the_rate_scales_and_is_identity_when_deterministic():
+  x = jnp.ones((64, 32, 32, 4))  # 4096 elements a row: chunks of 16 rows.
+  layer = Dropout(0.3, chunk_elements=1 << 16)
+  y = layer.apply({}, x, rngs={"dropout": jax.random.key(0)})
+  kept = np.asarray(y != 0)
+  assert abs(kept.mean() - 0.7) < 0.005
+  np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.7, rtol=1e-6)
+  # Chunks draw different masks, not one mask repeated.
+  assert not np.array_equal(kept[:16], kept[16:32])
+  np.testing.assert_array_equal(Dropout(0.3, deterministic=True).apply({}, x), x)
 
 
 def test_conv_transpose_without_bias_has_only_a_kernel():

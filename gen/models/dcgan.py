@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen.models.layers import ConvTranspose
+from gen.models.layers import Conv, ConvTranspose, Dropout
 
 
 class Generator(nn.Module):
@@ -50,8 +50,8 @@ class Discriminator(nn.Module):
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     k = (self.kernel_size, self.kernel_size)
     for width in self.features:
-      x = nn.Conv(width, k, strides=(2, 2), padding="SAME", dtype=self.dtype)(x)
+      x = Conv(width, k, strides=(2, 2), dtype=self.dtype)(x)
       x = nn.leaky_relu(x, self.negative_slope)
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = Dropout(self.dropout, deterministic=not train)(x)
     logits = nn.Dense(1, dtype=self.dtype)(x.reshape(x.shape[0], -1))[:, 0]
     return logits.astype(jnp.float32)

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen.models.layers import ConvTranspose
+from gen.models.layers import Conv, ConvTranspose
 
 
 class Encoder(nn.Module):
@@ -18,7 +18,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     for width in self.features:
-      x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(x))
+      x = nn.relu(Conv(width, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
     x = nn.relu(nn.Dense(256, dtype=self.dtype)(x.reshape(x.shape[0], -1)))
     x = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(x).astype(jnp.float32)
     mean, log_var = jnp.split(x, 2, axis=-1)
@@ -41,7 +41,7 @@ class Decoder(nn.Module):
     x = nn.relu(dense(h * w * self.features[0])(x)).reshape(z.shape[0], h, w, self.features[0])
     for width_ in self.features:
       x = nn.relu(ConvTranspose(width_, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
-    return nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype)(x).astype(jnp.float32)
+    return Conv(channels, (3, 3), dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class VAE(nn.Module):
