@@ -22,4 +22,7 @@ def get_config():
   })
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
   config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
+  # The VEEGAN/PacGAN protocol: 2,500 samples, high quality within 3 std of a mode.
+  config.eval = ml_collections.ConfigDict({
+      "metrics": ("modes",), "split": "test", "num_samples": 2500, "best_metric": "high_quality"})
   return config

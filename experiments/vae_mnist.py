@@ -25,4 +25,8 @@ def get_config():
   })
   config.optimizer = ml_collections.ConfigDict(
       {"vae": {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999}})
+  # Test-split likelihood (IWAE bound, K samples), reconstructions and samples.
+  config.eval = ml_collections.ConfigDict({
+      "metrics": ("likelihood", "reconstruction", "classifier"), "split": "test",
+      "num_samples": 10_000, "iwae_samples": 1000, "best_metric": "nll_iwae"})
   return config

@@ -35,3 +35,14 @@ def gaussian_log_likelihood(mean: jax.Array, x: jax.Array, log_scale: float | ja
   z = (x - mean) * jnp.exp(-log_scale)
   log_density = -0.5 * z**2 - log_scale - 0.5 * jnp.log(2 * jnp.pi)
   return log_density.reshape(x.shape[0], -1).sum(-1)
+
+
+def gaussian_log_density(z: jax.Array, mean: jax.Array | float = 0.0,
+                         log_var: jax.Array | float = 0.0) -> jax.Array:
+  """log N(z | mean, exp(log_var)) [B], summed over the last axis (diagonal Gaussian)."""
+  return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + log_var + (z - mean)**2 * jnp.exp(-log_var), axis=-1)
+
+
+def importance_weighted_bound(log_weights: jax.Array) -> jax.Array:
+  """log (1/K) Σ_k exp(log_weights[k]) [B] for log_weights [K, B] (Burda et al. 2016)."""
+  return jax.nn.logsumexp(log_weights, axis=0) - jnp.log(log_weights.shape[0])

@@ -3,6 +3,7 @@
 Config values are overridden with `--config.KEY=VALUE`; the config is locked, so a
 mistyped key fails here, before anything is built or compiled.
 """
+import json
 import os
 
 from absl import app, flags, logging
@@ -10,7 +11,9 @@ from absl import app, flags, logging
 from gen import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                          "train; sample (an .npz of samples); eval (the config's metrics of the "
+                          "latest checkpoint, written to <workdir>/eval/<step>.json).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "--mode=sample: how many samples.")
 _OUTPUT = flags.DEFINE_string("output", None,
                               "--mode=sample: the .npz to write (default <workdir>/samples.npz).")
@@ -30,15 +33,18 @@ def main(argv):
   if _WORKDIR.value is None:
     cli.fail("--workdir is required.")
 
-  from gen import UsageError, train  # Imported late so that flag errors come before JAX starts.
+  from gen import UsageError, evaluate, train  # Imported late so that flag errors come before JAX starts.
   cli.enable_compilation_cache()
   try:
     if _MODE.value == "train":
       logging.info("Config:\n%s", config)
       train.train(config, _WORKDIR.value)
-    else:
+    elif _MODE.value == "sample":
       output = _OUTPUT.value or os.path.join(_WORKDIR.value, "samples.npz")
       train.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, output)
+    else:
+      results = evaluate.evaluate_latest(config, _WORKDIR.value)
+      print(json.dumps(results, indent=2))
   except UsageError as e:
     cli.fail(str(e))
 

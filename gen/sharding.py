@@ -56,3 +56,11 @@ def shard_batch(local_batch, mesh: Mesh):
   sharding = batch_sharding(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def to_host(x) -> np.ndarray:
+  """A global array as one NumPy array on every process (gathered across hosts when needed)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from gen import UsageError, checkpoint, data, models as models_lib, sharding, writers
+from gen import UsageError, checkpoint, data, evaluate, models as models_lib, sharding, writers
 from gen.steps import TrainState, gan, make_optimizers, step_key, vae
 
 FAMILIES = {"gan": gan, "vae": vae}
@@ -129,6 +129,8 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   reference = np.asarray(snapshot_batch["x"]) if experiment.dataset.kind == "points" else None
 
   writer = writers.MetricWriter(workdir)
+  evaluator = None  # Built at the first evaluation: it loads data and a feature extractor.
+  best = evaluate.BestCheckpoint(workdir, config.eval.get("best_metric"))
   batches = data.DeviceIterator(experiment.dataset, config.batch_size, config.seed, mesh,
                                 data_state)
   progress = tqdm(total=config.num_steps, initial=start, disable=jax.process_index() != 0,
@@ -156,12 +158,33 @@ def train(config, workdir: str, mesh=None) -> TrainState:
           _write_snapshots(workdir, step, images, reference, experiment.dataset.kind, writer)
       if step % config.checkpoint_every == 0 or step == config.num_steps:
         checkpointer.save(step, state, batches.state)
+      if config.eval.metrics and step % config.eval_every == 0:
+        evaluator = evaluator or evaluate.make_evaluator(experiment, workdir)
+        results = evaluator(state)
+        evaluate.write(workdir, step, results)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+        best.update(step, state, batches.state, results)
   finally:
+    best.close()
     progress.close()
     batches.close()
     checkpointer.wait()
     checkpointer.close()
     writer.close()
+  return state
+
+
+def restore_latest(experiment: Experiment, workdir: str) -> TrainState:
+  """The train state of the latest checkpoint in `workdir`, placed on the experiment's mesh."""
+  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    if checkpointer.latest_step() is None:
+      raise UsageError(
+          f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
+          f"(--mode=train with the same --workdir), or point --workdir at a trained run.")
+    state, _ = checkpointer.restore(experiment.abstract_state())
+  finally:
+    checkpointer.close()
   return state
 
 
@@ -171,19 +194,13 @@ def sample(config, workdir: str, num_samples: int, output: str, mesh=None) -> np
   Deterministic for a given checkpoint and `config.seed`.
   """
   experiment = build(config, mesh)
-  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  if checkpointer.latest_step() is None:
-    raise UsageError(
-        f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
-        f"(--mode=train with the same --workdir), or point --workdir at a trained run.")
-  state, _ = checkpointer.restore(experiment.abstract_state())
-  checkpointer.close()
+  state = restore_latest(experiment, workdir)
   generate = jax.jit(experiment.family.make_generate(experiment.models, config),
-                     static_argnums=2, out_shardings=sharding.replicated(experiment.mesh))
+                     static_argnums=2, out_shardings=sharding.batch_sharding(experiment.mesh))
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
   chunks = []
   for i in range(-(-num_samples // config.batch_size)):
-    chunks.append(np.asarray(generate(state, jax.random.fold_in(key, i), config.batch_size)))
+    chunks.append(sharding.to_host(generate(state, jax.random.fold_in(key, i), config.batch_size)))
   samples = np.concatenate(chunks)[:num_samples].astype(np.float32)
   if experiment.dataset.kind == "image":
     samples = writers.to_unit_range(samples)

@@ -66,29 +66,6 @@ def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, strides: Sequence[i
   return y.reshape(b, h, w, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * sh, w * sw, cout)
 
 
-class ConvTranspose(nn.Module):
-  """A 2D transposed convolution with padding "SAME": `flax.linen.ConvTranspose`'s
-  parameters and outputs, computed by `subpixel_conv_transpose`.
-  """
-  features: int
-  kernel_size: Sequence[int]
-  strides: Sequence[int] = (1, 1)
-  use_bias: bool = True
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  dtype: Any = jnp.float32  # Compute dtype; params stay float32.
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init,
-                        (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
-    y = subpixel_conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype),
-                                tuple(self.strides))
-    if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
-    return y
-
-
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
   """(low, high) padding of a "SAME" convolution, as XLA computes it."""
   total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
@@ -138,12 +115,8 @@ def _strided_conv_bwd(strides, residuals, dy):
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
-class Conv(nn.Module):
-  """A 2D convolution with padding "SAME": `flax.linen.Conv`'s parameters and outputs.
-
-  With strides, its input gradient is computed by `_subpixel_conv_input_grad` instead of
-  XLA's zero-dilated transposed convolution (about 3x the forward time on XLA:CPU).
-  """
+class _Convolution(nn.Module):
+  """Parameters like flax's convolutions (HWIO kernel, bias); `_compute` does the arithmetic."""
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int] = (1, 1)
@@ -156,14 +129,31 @@ class Conv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if tuple(self.strides) == (1, 1):
-      y = _conv(x, kernel, (1, 1), "SAME")
-    else:
-      y = _strided_conv(x, kernel, tuple(self.strides))
+    y = self._compute(x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides))
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
+
+
+class Conv(_Convolution):
+  """A 2D convolution with padding "SAME": `flax.linen.Conv`'s parameters and outputs.
+
+  With strides, its input gradient is computed by `_subpixel_conv_input_grad` instead of
+  XLA's zero-dilated transposed convolution (about 3x the forward time on XLA:CPU).
+  """
+
+  def _compute(self, x, kernel, strides):
+    return _conv(x, kernel, strides, "SAME") if strides == (1, 1) else _strided_conv(
+        x, kernel, strides)
+
+
+class ConvTranspose(_Convolution):
+  """A 2D transposed convolution with padding "SAME": `flax.linen.ConvTranspose`'s
+  parameters and outputs, computed by `subpixel_conv_transpose`.
+  """
+
+  def _compute(self, x, kernel, strides):
+    return subpixel_conv_transpose(x, kernel, strides)
 
 
 class Dropout(nn.Module):

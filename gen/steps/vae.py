@@ -93,3 +93,44 @@ def make_snapshots(models, config, num_interpolation_steps: int = 8):
             "interpolations": interpolation}
 
   return snapshots
+
+
+def make_bounds(models, config, num_samples: int):
+  """bounds(state, x [B, H, W, C], key) -> (ELBO [B], importance-weighted bound [B]) in nats.
+
+  The ELBO uses the analytic KL and one posterior sample; the IWAE bound uses
+  `num_samples` samples z_k ~ q(z|x): log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x).
+  """
+  vae = models["vae"]
+
+  def bounds(state: TrainState, x, key):
+    params = {"params": state.params["vae"]}
+    target = _to_unit(x)
+    mean, log_var = vae.apply(params, x, method=vae.encode)
+
+    def log_weight(sample_key):
+      z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(sample_key, mean.shape)
+      decoded = vae.apply(params, z, method=vae.decode)
+      return (_log_likelihood(config.model, decoded, target) + losses.gaussian_log_density(z)
+              - losses.gaussian_log_density(z, mean, log_var))
+
+    keys = jax.random.split(key, num_samples)
+    log_weights = jax.lax.map(log_weight, keys, batch_size=min(num_samples, 32))
+    z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(keys[0], mean.shape)
+    elbo = (_log_likelihood(config.model, vae.apply(params, z, method=vae.decode), target)
+            - losses.gaussian_kl(mean, log_var))
+    return elbo, losses.importance_weighted_bound(log_weights)
+
+  return bounds
+
+
+def make_reconstruct(models, config):
+  """reconstruct(state, x) -> the likelihood's mean at the posterior mean, in model space."""
+  vae = models["vae"]
+
+  def reconstruct(state: TrainState, x):
+    params = {"params": state.params["vae"]}
+    mean, _ = vae.apply(params, x, method=vae.encode)
+    return _mean_image(config.model, vae.apply(params, mean, method=vae.decode))
+
+  return reconstruct

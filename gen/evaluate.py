@@ -1,0 +1,203 @@
+"""Evaluation: the metrics an experiment's config names, on demand and during training.
+
+  python -m gen.main --config=experiments/<name>.py --workdir=DIR --mode=eval
+
+`make_evaluator(experiment, workdir)` prepares everything that does not depend on the
+model (reference features of the evaluation split, cached in the workdir; the feature
+extractor; compiled samplers) once, and returns `evaluate(state) -> {metric: value}`.
+Metric groups (`config.eval.metrics`):
+  modes           2D mixtures: modes captured, % high quality, KL(mode histogram || uniform)
+  classifier      gen's domain classifier: Fréchet distance (fd), KID, precision/recall,
+                  density/coverage of its features, and the classifier score of samples
+  likelihood      VAEs: ELBO and the IWAE bound on the evaluation split, nats and bits/dim
+  reconstruction  VAEs: PSNR and SSIM of reconstructions of the evaluation split
+"""
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from gen import UsageError, checkpoint, classifiers, data, metrics, sharding
+from gen.steps import vae as vae_steps
+
+METRIC_GROUPS = ("modes", "classifier", "likelihood", "reconstruction")
+HIGHER_IS_BETTER = {"modes", "high_quality", "classifier_score", "precision", "recall", "density",
+                    "coverage", "elbo", "psnr", "ssim"}
+
+
+def _batches(array, batch_size):
+  for start in range(0, len(array), batch_size):
+    yield array[start:start + batch_size]
+
+
+def _reference_features(workdir, dataset, images, predict) -> dict:
+  """Classifier features of the evaluation split, cached with the extractor's version in the name."""
+  name = f"reference_{dataset.name}_{dataset.num_examples}_classifier_v{classifiers.VERSION}.npz"
+  path = os.path.join(workdir, "eval", name) if workdir else None
+  if path and os.path.exists(path):
+    with np.load(path) as cached:
+      return dict(cached)
+  features = _features(predict, images)
+  if path and jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, **features)
+  return features
+
+
+def _features(predict, images, batch_size: int = 500) -> dict:
+  outputs = [predict(chunk) for chunk in _batches(images, batch_size)]
+  return {"probabilities": np.concatenate([np.asarray(p) for p, _ in outputs]),
+          "features": np.concatenate([np.asarray(f) for _, f in outputs]).astype(np.float64)}
+
+
+def make_evaluator(experiment, workdir: str | None = None):
+  """evaluate(state) -> {metric name: float} for the groups in `config.eval.metrics`."""
+  config = experiment.config
+  groups = tuple(config.eval.metrics)
+  unknown = set(groups) - set(METRIC_GROUPS)
+  if unknown:
+    raise UsageError(f"config.eval.metrics has unknown groups {sorted(unknown)}; "
+                     f"known: {METRIC_GROUPS}.")
+  split = data.load(config.dataset, config.eval.split)
+  evaluations = []
+  # Each device generates its slice of every batch.
+  generate = jax.jit(experiment.family.make_generate(experiment.models, config), static_argnums=2,
+                     out_shardings=sharding.batch_sharding(experiment.mesh))
+
+  def samples(state) -> np.ndarray:
+    """config.eval.num_samples samples in model space, the same noise at every evaluation."""
+    key = jax.random.fold_in(jax.random.key(config.seed), 2)
+    chunks = [sharding.to_host(generate(state, jax.random.fold_in(key, i), config.batch_size))
+              for i in range(-(-config.eval.num_samples // config.batch_size))]
+    return np.concatenate(chunks)[:config.eval.num_samples]
+
+  if "modes" in groups:
+    means_fn, std = data.MIXTURES[split.name]
+
+    def modes(state):
+      points = samples(state)
+      coverage = metrics.mixture_mode_coverage(points, means_fn(), std)
+      return {**coverage, "mode_kl": metrics.mixture_mode_histogram_kl(points, means_fn(), std)}
+
+    evaluations.append(modes)
+
+  if "classifier" in groups:
+    predict = classifiers.make_predict(classifiers.load_or_train(split.name), split.num_classes)
+    real = split.read(np.arange(split.num_examples))["x"]
+    reference = _reference_features(workdir, split, real, predict)
+    mu_real, sigma_real = metrics.gaussian_statistics(reference["features"])
+
+    def classifier_metrics(state):
+      start = time.perf_counter()
+      fake = _features(predict, samples(state))
+      throughput = len(fake["features"]) / (time.perf_counter() - start)
+      score, _ = metrics.inception_score(fake["probabilities"])
+      kid, _ = metrics.kernel_inception_distance(reference["features"], fake["features"])
+      return {
+          "fd": metrics.frechet_distance(*metrics.gaussian_statistics(fake["features"]),
+                                         mu_real, sigma_real),
+          "kid": kid,
+          "classifier_score": score,
+          **metrics.precision_recall(reference["features"], fake["features"]),
+          **metrics.density_coverage(reference["features"], fake["features"]),
+          "eval_images_per_sec": throughput,  # Sampling and feature extraction.
+      }
+
+    evaluations.append(classifier_metrics)
+
+  if "likelihood" in groups:
+    bounds = jax.jit(vae_steps.make_bounds(experiment.models, config, config.eval.iwae_samples))
+    x = split.read(np.arange(split.num_examples))["x"]
+    dims = math.prod(split.shape)
+
+    def likelihood(state):
+      key = jax.random.fold_in(jax.random.key(config.seed), 3)
+      elbo, iwae = map(np.concatenate, zip(*[
+          jax.device_get(bounds(state, chunk, jax.random.fold_in(key, i)))
+          for i, chunk in enumerate(_batches(x, 128))]))
+      nll = -float(iwae.mean())
+      return {"elbo": float(elbo.mean()), "nll_iwae": nll, "bits_per_dim": nll / (dims * math.log(2))}
+
+    evaluations.append(likelihood)
+
+  if "reconstruction" in groups:
+    reconstruct = jax.jit(vae_steps.make_reconstruct(experiment.models, config))
+    x = split.read(np.arange(split.num_examples))["x"]
+    to_unit = lambda images: (np.asarray(images) + 1.0) / 2.0
+
+    def reconstruction(state):
+      recon = np.concatenate([np.asarray(reconstruct(state, chunk)) for chunk in _batches(x, 128)])
+      return {"psnr": float(np.mean(metrics.psnr(to_unit(x), to_unit(recon)))),
+              "ssim": float(np.mean(metrics.ssim(to_unit(x), to_unit(recon))))}
+
+    evaluations.append(reconstruction)
+
+  def evaluate(state) -> dict[str, float]:
+    start = time.perf_counter()
+    results = {}
+    for evaluation in evaluations:
+      results.update({k: float(v) for k, v in evaluation(state).items()})
+    results["eval_seconds"] = time.perf_counter() - start
+    return results
+
+  return evaluate
+
+
+def write(workdir: str, step: int, results: dict) -> str:
+  path = os.path.join(workdir, "eval", f"{step}.json")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"step": step, **results}, f, indent=2)
+  return path
+
+
+class BestCheckpoint:
+  """Keeps the checkpoint with the best `metric` so far under <workdir>/checkpoints_best/."""
+
+  def __init__(self, workdir: str, metric: str | None):
+    self._metric = metric
+    self._record = os.path.join(workdir, "eval", "best.json")
+    self._checkpointer = None
+    if metric:
+      self._checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints_best"), 1)
+    self.value = None
+    if metric and os.path.exists(self._record):
+      with open(self._record) as f:
+        self.value = json.load(f)["value"]
+
+  def update(self, step: int, state, data_state, results: dict) -> bool:
+    """Saves `state` when `results[metric]` beats the best so far; returns whether it did."""
+    if not self._metric:
+      return False
+    if self._metric not in results:
+      raise UsageError(f"config.eval.best_metric={self._metric!r} is not among the evaluated "
+                       f"metrics {sorted(results)}.")
+    value = results[self._metric]
+    better = max if self._metric in HIGHER_IS_BETTER else min
+    if not math.isfinite(value) or (self.value is not None and better(value, self.value) == self.value):
+      return False
+    self.value = value
+    self._checkpointer.save(step, state, data_state)
+    if jax.process_index() == 0:
+      with open(self._record, "w") as f:
+        json.dump({"metric": self._metric, "value": value, "step": step}, f)
+    return True
+
+  def close(self):
+    if self._checkpointer is not None:
+      self._checkpointer.wait()
+      self._checkpointer.close()
+
+
+def evaluate_latest(config, workdir: str, mesh=None) -> dict:
+  """Restores the latest checkpoint of `workdir`, evaluates it and writes eval/<step>.json."""
+  from gen import train  # train imports this module for periodic evaluation.
+  experiment = train.build(config, mesh)
+  state = train.restore_latest(experiment, workdir)
+  results = make_evaluator(experiment, workdir)(state)
+  write(workdir, int(state.step), results)
+  return {"step": int(state.step), **results}
