@@ -9,6 +9,8 @@ Metric groups (`config.eval.metrics`):
   modes           2D mixtures: modes captured, % high quality, KL(mode histogram || uniform)
   classifier      gen's domain classifier: Fréchet distance (fd), KID, precision/recall,
                   density/coverage of its features, and the classifier score of samples
+  inception       the same on the FID Inception's pool3 features (fid, inception_*) and its
+                  Inception score; needs pytorch-fid's weights file (see gen/inception.py)
   likelihood      VAEs: ELBO and the IWAE bound on the evaluation split, nats and bits/dim
   reconstruction  VAEs: PSNR and SSIM of reconstructions of the evaluation split
 """
@@ -23,9 +25,10 @@ import numpy as np
 from gen import UsageError, checkpoint, classifiers, data, metrics, sharding
 from gen.steps import vae as vae_steps
 
-METRIC_GROUPS = ("modes", "classifier", "likelihood", "reconstruction")
+METRIC_GROUPS = ("modes", "classifier", "inception", "likelihood", "reconstruction")
 HIGHER_IS_BETTER = {"modes", "high_quality", "classifier_score", "precision", "recall", "density",
-                    "coverage", "elbo", "psnr", "ssim"}
+                    "coverage", "elbo", "psnr", "ssim", "inception_score", "inception_precision",
+                    "inception_recall", "inception_density", "inception_coverage"}
 
 
 def _batches(array, batch_size):
@@ -33,9 +36,9 @@ def _batches(array, batch_size):
     yield array[start:start + batch_size]
 
 
-def _reference_features(workdir, dataset, images, predict) -> dict:
-  """Classifier features of the evaluation split, cached with the extractor's version in the name."""
-  name = f"reference_{dataset.name}_{dataset.num_examples}_classifier_v{classifiers.VERSION}.npz"
+def _reference_features(workdir, dataset, images, predict, extractor: str) -> dict:
+  """Features of the evaluation split, cached with the extractor's name and version in the name."""
+  name = f"reference_{dataset.name}_{dataset.num_examples}_{extractor}.npz"
   path = os.path.join(workdir, "eval", name) if workdir else None
   if path and os.path.exists(path):
     with np.load(path) as cached:
@@ -48,9 +51,28 @@ def _reference_features(workdir, dataset, images, predict) -> dict:
 
 
 def _features(predict, images, batch_size: int = 500) -> dict:
-  outputs = [predict(chunk) for chunk in _batches(images, batch_size)]
-  return {"probabilities": np.concatenate([np.asarray(p) for p, _ in outputs]),
-          "features": np.concatenate([np.asarray(f) for _, f in outputs]).astype(np.float64)}
+  """{"probabilities", "features"} of images, in fixed-size batches (one compilation)."""
+  outputs = []
+  for chunk in _batches(images, batch_size):
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
+    probabilities, features = predict(padded)
+    outputs.append((np.asarray(probabilities)[:len(chunk)], np.asarray(features)[:len(chunk)]))
+  return {"probabilities": np.concatenate([p for p, _ in outputs]),
+          "features": np.concatenate([f for _, f in outputs]).astype(np.float64)}
+
+
+def _feature_metrics(reference: dict, fake: dict) -> dict:
+  """Fréchet distance, KID, precision/recall, density/coverage and the (classifier) score."""
+  score, _ = metrics.inception_score(fake["probabilities"])
+  kid, _ = metrics.kernel_inception_distance(reference["features"], fake["features"])
+  return {
+      "fd": metrics.frechet_distance(*metrics.gaussian_statistics(fake["features"]),
+                                     *metrics.gaussian_statistics(reference["features"])),
+      "kid": kid,
+      "score": score,
+      **metrics.precision_recall(reference["features"], fake["features"]),
+      **metrics.density_coverage(reference["features"], fake["features"]),
+  }
 
 
 def make_evaluator(experiment, workdir: str | None = None):
@@ -84,29 +106,41 @@ def make_evaluator(experiment, workdir: str | None = None):
 
     evaluations.append(modes)
 
+  def feature_group(predict, extractor: str, batch_size: int, rename):
+    real = split.read(np.arange(split.num_examples))["x"]
+    reference = _reference_features(workdir, split, real, predict, extractor)
+
+    def feature_metrics(state):
+      start = time.perf_counter()
+      fake = _features(predict, samples(state), batch_size)
+      throughput = len(fake["features"]) / (time.perf_counter() - start)
+      results = {rename(k): v for k, v in _feature_metrics(reference, fake).items()}
+      # Sampling and feature extraction together.
+      return {**results, rename("eval_images_per_sec"): throughput}
+
+    return feature_metrics
+
   if "classifier" in groups:
     predict = classifiers.make_predict(classifiers.load_or_train(split.name), split.num_classes)
-    real = split.read(np.arange(split.num_examples))["x"]
-    reference = _reference_features(workdir, split, real, predict)
-    mu_real, sigma_real = metrics.gaussian_statistics(reference["features"])
+    evaluations.append(feature_group(
+        predict, f"classifier_v{classifiers.VERSION}", 500,
+        lambda k: "classifier_score" if k == "score" else k))
 
-    def classifier_metrics(state):
-      start = time.perf_counter()
-      fake = _features(predict, samples(state))
-      throughput = len(fake["features"]) / (time.perf_counter() - start)
-      score, _ = metrics.inception_score(fake["probabilities"])
-      kid, _ = metrics.kernel_inception_distance(reference["features"], fake["features"])
-      return {
-          "fd": metrics.frechet_distance(*metrics.gaussian_statistics(fake["features"]),
-                                         mu_real, sigma_real),
-          "kid": kid,
-          "classifier_score": score,
-          **metrics.precision_recall(reference["features"], fake["features"]),
-          **metrics.density_coverage(reference["features"], fake["features"]),
-          "eval_images_per_sec": throughput,  # Sampling and feature extraction.
-      }
+  if "inception" in groups:
+    from gen import inception  # Its weights are a 95 MB download: only when asked for.
+    try:
+      extract = inception.make_feature_fn(inception.load_params())
+    except FileNotFoundError as e:
+      raise UsageError(str(e)) from e
 
-    evaluations.append(classifier_metrics)
+    def predict(images):
+      outputs = extract((np.asarray(images) + 1.0) / 2.0)
+      # The Inception score of Improved-GAN/TTUR takes the softmax of pool3 @ W, no bias.
+      return jax.nn.softmax(outputs["logits_unbiased"]), outputs["pool3"]
+
+    evaluations.append(feature_group(
+        predict, "inception_2015-12-05", 50,
+        lambda k: {"fd": "fid", "score": "inception_score"}.get(k, f"inception_{k}")))
 
   if "likelihood" in groups:
     bounds = jax.jit(vae_steps.make_bounds(experiment.models, config, config.eval.iwae_samples))

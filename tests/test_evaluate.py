@@ -68,3 +68,13 @@ def test_eval_mode_and_periodic_evaluation(name, overrides, expected, tmp_path):
   record = json.loads((tmp_path / "eval" / "4.json").read_text())
   assert expected <= set(record)
   assert record["step"] == 4
+
+
+def test_inception_metrics_without_weights_name_the_download(tmp_path, monkeypatch,
+                                                               single_device_mesh):
+  from gen import UsageError, evaluate, inception
+  monkeypatch.setattr(inception, "default_weights_path", lambda: tmp_path / "missing.pth")
+  config = tiny(load_config("dcgan_digits"), **{"eval.metrics": ("inception",)})
+  experiment = train.build(config, single_device_mesh)
+  with pytest.raises(UsageError, match=r"(?s)pt_inception-2015-12-05.*curl -L -o"):
+    evaluate.make_evaluator(experiment, str(tmp_path))
