@@ -35,14 +35,17 @@ def test_conv_transpose_matches_flax(kernel, stride, size):
       (2, size * stride, (size + 1) * stride, 5))
 
 
-@pytest.mark.parametrize("kernel, stride, size", [(5, 2, 28), (5, 2, 14), (3, 2, 7), (4, 2, 9),
-                                                  (3, 1, 6), (1, 2, 5), (3, 3, 10)])
-def test_conv_matches_flax(kernel, stride, size):
-  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+# 64 x 64 channels take the sub-pixel input gradient; 3 x 5 take XLA's own.
+@pytest.mark.parametrize("kernel, stride, size, channels", [
+    (5, 2, 14, (64, 64)), (5, 2, 7, (64, 64)), (3, 2, 7, (64, 64)), (4, 2, 9, (64, 64)),
+    (1, 2, 5, (64, 64)), (3, 3, 10, (64, 64)), (5, 2, 28, (3, 5)), (3, 1, 6, (3, 5))])
+def test_conv_matches_flax(kernel, stride, size, channels):
+  cin, cout = channels
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, cin))
   out = lambda n: -(-n // stride)
-  _assert_same_function(nn.Conv(5, (kernel, kernel), strides=(stride, stride), padding="SAME"),
-                        Conv(5, (kernel, kernel), strides=(stride, stride)), x,
-                        (2, out(size), out(size + 1), 5))
+  _assert_same_function(nn.Conv(cout, (kernel, kernel), strides=(stride, stride), padding="SAME"),
+                        Conv(cout, (kernel, kernel), strides=(stride, stride)), x,
+                        (2, out(size), out(size + 1), cout))
 
 
 def test_dropout_keeps_the_rate_scales_and_is_identity_when_deterministic():

@@ -115,6 +115,9 @@ def _strided_conv_bwd(strides, residuals, dy):
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
+_SUBPIXEL_MIN_CHANNEL_PRODUCT = 4096  # Input x output channels.
+
+
 class _Convolution(nn.Module):
   """Parameters like flax's convolutions (HWIO kernel, bias); `_compute` does the arithmetic."""
   features: int
@@ -138,13 +141,17 @@ class _Convolution(nn.Module):
 class Conv(_Convolution):
   """A 2D convolution with padding "SAME": `flax.linen.Conv`'s parameters and outputs.
 
-  With strides, its input gradient is computed by `_subpixel_conv_input_grad` instead of
-  XLA's zero-dilated transposed convolution (about 3x the forward time on XLA:CPU).
+  With strides and wide channels, its input gradient is computed by
+  `_subpixel_conv_input_grad` instead of XLA's zero-dilated transposed convolution (about
+  3x the forward time on XLA:CPU).
   """
 
   def _compute(self, x, kernel, strides):
-    return _conv(x, kernel, strides, "SAME") if strides == (1, 1) else _strided_conv(
-        x, kernel, strides)
+    # The sub-pixel input gradient pays off for wide layers only: measured on XLA:CPU it
+    # saves 30% of a 64->128-channel layer's step and costs 10-60% on 32->64 and narrower.
+    if strides == (1, 1) or kernel.shape[2] * kernel.shape[3] < _SUBPIXEL_MIN_CHANNEL_PRODUCT:
+      return _conv(x, kernel, strides, "SAME")
+    return _strided_conv(x, kernel, strides)
 
 
 class ConvTranspose(_Convolution):
