@@ -135,7 +135,8 @@ def train(config, workdir: str, mesh=None) -> TrainState:
                                 data_state)
   progress = tqdm(total=config.num_steps, initial=start, disable=jax.process_index() != 0,
                   dynamic_ncols=True, mininterval=1.0)
-  window_start, window_steps = time.perf_counter(), 0
+  # Throughput counts the steps' time only: samples, checkpoints and evaluations are not steps.
+  window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
   try:
     for step in range(start + 1, config.num_steps + 1):
       state, metrics = compiled_step(state, next(batches))
@@ -143,7 +144,7 @@ def train(config, workdir: str, mesh=None) -> TrainState:
       progress.update(1)
       if step % config.log_every == 0 or step == config.num_steps:
         metrics = jax.device_get(metrics)  # The loop's only host sync, every log_every steps.
-        seconds = time.perf_counter() - window_start
+        seconds = time.perf_counter() - window_start - window_pauses
         throughput = {
             "images_per_sec": window_steps * config.batch_size / seconds,
             "gflops_per_sec": window_steps * flops_per_step / seconds / 1e9,
@@ -151,7 +152,8 @@ def train(config, workdir: str, mesh=None) -> TrainState:
         writer.write_scalars(step, {**metrics, **throughput})
         progress.set_postfix({k: f"{float(v):.3g}" for k, v in {**metrics, **throughput}.items()},
                              refresh=False)
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
+      pause_start = time.perf_counter()
       if step % config.sample_every == 0 or step == config.num_steps:
         images = jax.device_get(snapshots(state, snapshot_batch, snapshot_key))
         if jax.process_index() == 0:
@@ -164,6 +166,7 @@ def train(config, workdir: str, mesh=None) -> TrainState:
         evaluate.write(workdir, step, results)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
         best.update(step, state, batches.state, results)
+      window_pauses += time.perf_counter() - pause_start
   finally:
     best.close()
     progress.close()
