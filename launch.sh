@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gen's one entry point.
-#   ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample] [--config.KEY=VALUE ...]
+#   ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample|eval] [--config.KEY=VALUE ...]
 #   ./launch.sh test [pytest args]
 #   ./launch.sh bench <experiment> [--batch_size=B] [--steps=N] [--json]
 # Uses the Python that can already import gen (e.g. Colab, an activated env); otherwise
@@ -12,7 +12,7 @@ cd "$root"
 experiments() { ls experiments | sed -n 's/^\([a-z0-9][a-z0-9_]*\)\.py$/  \1/p'; }
 
 usage() {
-  echo "usage: ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample] [--config.KEY=VALUE ...]"
+  echo "usage: ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample|eval] [--config.KEY=VALUE ...]"
   echo "       ./launch.sh test [pytest args]"
   echo "       ./launch.sh bench <experiment> [--batch_size=B] [--steps=N] [--json]"
   echo "experiments:"

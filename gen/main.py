@@ -1,4 +1,4 @@
-"""Entry point: `python -m gen.main --config=experiments/<name>.py --workdir=DIR --mode=train|sample`.
+"""Entry point: `python -m gen.main --config=experiments/<name>.py --workdir=DIR --mode=train|sample|eval`.
 
 Config values are overridden with `--config.KEY=VALUE`; the config is locked, so a
 mistyped key fails here, before anything is built or compiled.
