@@ -36,27 +36,30 @@ def _batches(array, batch_size):
     yield array[start:start + batch_size]
 
 
-def _reference_features(workdir, dataset, images, predict, extractor: str) -> dict:
+def _reference_features(workdir, dataset, images, extract, extractor: str) -> dict:
   """Features of the evaluation split, cached with the extractor's name and version in the name."""
   name = f"reference_{dataset.name}_{dataset.num_examples}_{extractor}.npz"
   path = os.path.join(workdir, "eval", name) if workdir else None
   if path and os.path.exists(path):
     with np.load(path) as cached:
       return dict(cached)
-  features = _features(predict, images)
+  features = extract(images)
   if path and jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.savez(path, **features)
   return features
 
 
-def _features(predict, images, batch_size: int = 500) -> dict:
-  """{"probabilities", "features"} of images, in fixed-size batches (one compilation)."""
+def _features(predict, images, batch_size: int, mesh) -> dict:
+  """{"probabilities", "features"} of images, in fixed-size batches split over the devices."""
+  batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
   outputs = []
   for chunk in _batches(images, batch_size):
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
-    probabilities, features = predict(padded)
-    outputs.append((np.asarray(probabilities)[:len(chunk)], np.asarray(features)[:len(chunk)]))
+    # Every process holds all images here, so a global array is placed from each copy.
+    probabilities, features = predict(jax.device_put(padded, sharding.batch_sharding(mesh)))
+    outputs.append((sharding.to_host(probabilities)[:len(chunk)],
+                    sharding.to_host(features)[:len(chunk)]))
   return {"probabilities": np.concatenate([p for p, _ in outputs]),
           "features": np.concatenate([f for _, f in outputs]).astype(np.float64)}
 
@@ -107,12 +110,13 @@ def make_evaluator(experiment, workdir: str | None = None):
     evaluations.append(modes)
 
   def feature_group(predict, extractor: str, batch_size: int, rename):
+    extract = lambda images: _features(predict, images, batch_size, experiment.mesh)
     real = split.read(np.arange(split.num_examples))["x"]
-    reference = _reference_features(workdir, split, real, predict, extractor)
+    reference = _reference_features(workdir, split, real, extract, extractor)
 
     def feature_metrics(state):
       start = time.perf_counter()
-      fake = _features(predict, samples(state), batch_size)
+      fake = extract(samples(state))
       throughput = len(fake["features"]) / (time.perf_counter() - start)
       results = {rename(k): v for k, v in _feature_metrics(reference, fake).items()}
       # Sampling and feature extraction together.
@@ -129,12 +133,12 @@ def make_evaluator(experiment, workdir: str | None = None):
   if "inception" in groups:
     from gen import inception  # Its weights are a 95 MB download: only when asked for.
     try:
-      extract = inception.make_feature_fn(inception.load_params())
+      extract_inception = inception.make_feature_fn(inception.load_params())
     except FileNotFoundError as e:
       raise UsageError(str(e)) from e
 
     def predict(images):
-      outputs = extract((np.asarray(images) + 1.0) / 2.0)
+      outputs = extract_inception((images + 1.0) / 2.0)
       # The Inception score of Improved-GAN/TTUR takes the softmax of pool3 @ W, no bias.
       return jax.nn.softmax(outputs["logits_unbiased"]), outputs["pool3"]
 

@@ -78,3 +78,16 @@ def test_inception_metrics_without_weights_name_the_download(tmp_path, monkeypat
   experiment = train.build(config, single_device_mesh)
   with pytest.raises(UsageError, match=r"(?s)pt_inception-2015-12-05.*curl -L -o"):
     evaluate.make_evaluator(experiment, str(tmp_path))
+
+
+def test_evaluation_on_8_devices_matches_1_device(tmp_path):
+  from gen import evaluate, sharding
+  config = tiny(load_config("dcgan_digits"), batch_size=16, **{"eval.num_samples": 240})
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    experiment = train.build(config, sharding.make_mesh(devices))
+    state = experiment.init_state()
+    results.append(evaluate.make_evaluator(experiment, str(tmp_path / str(len(devices))))(state))
+  one, eight = results
+  for key in ("fd", "kid", "classifier_score", "precision", "recall", "density", "coverage"):
+    np.testing.assert_allclose(eight[key], one[key], rtol=1e-3, atol=1e-3, err_msg=key)
