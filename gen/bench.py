@@ -87,7 +87,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3) -> dict:
 
 def _benchmark(config, steps: int, warmup: int) -> dict:
   import jax
-  from gen import data, sharding, train
+  from gen import data, train
 
   # Compile once against an empty persistent cache, and once more from it.
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gen-bench-cache-"))
@@ -103,9 +103,7 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   step = experiment.compile_train_step(state)
   compile_cached_s = time.perf_counter() - start
 
-  cost = step.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  flops_per_step = float((cost or {}).get("flops", 0.0))
+  flops_per_step = train.flops_per_step(step)
 
   batch = _synthetic_batch(experiment, jax.random.key(0))
   for _ in range(warmup):
@@ -136,8 +134,7 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   loop_s = (time.perf_counter() - begin) / steps
   batches.close()
 
-  generate = jax.jit(experiment.family.make_generate(experiment.models, config), static_argnums=2,
-                     out_shardings=sharding.replicated(experiment.mesh))
+  generate = experiment.compile_generate()
   generate(state, jax.random.key(0), batch_size).block_until_ready()
   sample_s = _median_seconds(
       lambda: generate(state, jax.random.key(1), batch_size).block_until_ready(), steps)

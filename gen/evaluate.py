@@ -88,16 +88,12 @@ def make_evaluator(experiment, workdir: str | None = None):
                      f"known: {METRIC_GROUPS}.")
   split = data.load(config.dataset, config.eval.split)
   evaluations = []
-  # Each device generates its slice of every batch.
-  generate = jax.jit(experiment.family.make_generate(experiment.models, config), static_argnums=2,
-                     out_shardings=sharding.batch_sharding(experiment.mesh))
+  sampler = experiment.sampler()
 
   def samples(state) -> np.ndarray:
     """config.eval.num_samples samples in model space, the same noise at every evaluation."""
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    chunks = [sharding.to_host(generate(state, jax.random.fold_in(key, i), config.batch_size))
-              for i in range(-(-config.eval.num_samples // config.batch_size))]
-    return np.concatenate(chunks)[:config.eval.num_samples]
+    return sampler(state, config.eval.num_samples, key)
 
   if "modes" in groups:
     means_fn, std = data.MIXTURES[split.name]

@@ -62,6 +62,30 @@ class Experiment:
         donate_argnums=0,
     ).lower(state, batch).compile()
 
+  def compile_generate(self):
+    """generate(state, key, num) -> [num, ...] in model space; each device makes its slice."""
+    return jax.jit(self.family.make_generate(self.models, self.config), static_argnums=2,
+                   out_shardings=sharding.batch_sharding(self.mesh))
+
+  def sampler(self):
+    """samples(state, num, key) -> NumPy [num, ...] in model space, in batches of the config's
+    size; batch i uses fold_in(key, i), so the result depends on the key alone."""
+    generate, batch_size = self.compile_generate(), self.config.batch_size
+
+    def samples(state, num: int, key) -> np.ndarray:
+      chunks = [sharding.to_host(generate(state, jax.random.fold_in(key, i), batch_size))
+                for i in range(-(-num // batch_size))]
+      return np.concatenate(chunks)[:num]
+
+    return samples
+
+
+def flops_per_step(compiled) -> float:
+  """FLOPs of one call of a compiled program, from XLA's cost analysis (0 when unknown)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float((cost or {}).get("flops", 0.0))
+
 
 def build(config, mesh=None) -> Experiment:
   """Validates the config against the devices and the data, then builds the models."""
@@ -116,11 +140,9 @@ def train(config, workdir: str, mesh=None) -> TrainState:
 
   compile_start = time.perf_counter()
   compiled_step = experiment.compile_train_step(state)
-  cost = compiled_step.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  flops_per_step = float((cost or {}).get("flops", 0.0))
+  step_flops = flops_per_step(compiled_step)
   logging.info("Compiled the train step in %.1f s (%.3g FLOP per step).",
-               time.perf_counter() - compile_start, flops_per_step)
+               time.perf_counter() - compile_start, step_flops)
 
   snapshots = jax.jit(experiment.family.make_snapshots(experiment.models, config),
                       out_shardings=replicated)
@@ -147,7 +169,7 @@ def train(config, workdir: str, mesh=None) -> TrainState:
         seconds = time.perf_counter() - window_start - window_pauses
         throughput = {
             "images_per_sec": window_steps * config.batch_size / seconds,
-            "gflops_per_sec": window_steps * flops_per_step / seconds / 1e9,
+            "gflops_per_sec": window_steps * step_flops / seconds / 1e9,
         }
         writer.write_scalars(step, {**metrics, **throughput})
         progress.set_postfix({k: f"{float(v):.3g}" for k, v in {**metrics, **throughput}.items()},
@@ -198,13 +220,8 @@ def sample(config, workdir: str, num_samples: int, output: str, mesh=None) -> np
   """
   experiment = build(config, mesh)
   state = restore_latest(experiment, workdir)
-  generate = jax.jit(experiment.family.make_generate(experiment.models, config),
-                     static_argnums=2, out_shardings=sharding.batch_sharding(experiment.mesh))
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  chunks = []
-  for i in range(-(-num_samples // config.batch_size)):
-    chunks.append(sharding.to_host(generate(state, jax.random.fold_in(key, i), config.batch_size)))
-  samples = np.concatenate(chunks)[:num_samples].astype(np.float32)
+  samples = experiment.sampler()(state, num_samples, key).astype(np.float32)
   if experiment.dataset.kind == "image":
     samples = writers.to_unit_range(samples)
   if jax.process_index() == 0:

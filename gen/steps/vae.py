@@ -21,8 +21,9 @@ def _log_likelihood(model_config, decoded, target):
                    "use 'bernoulli' or 'gaussian'.")
 
 
-def _mean_image(model_config, decoded):
-  """The likelihood's mean, back in model space [-1, 1]."""
+def _decode_mean(vae, model_config, params, z):
+  """The likelihood's mean for codes z [B, latent], back in model space [-1, 1]."""
+  decoded = vae.apply(params, z, method=vae.decode)
   mean = jax.nn.sigmoid(decoded) if model_config.likelihood == "bernoulli" else decoded
   return jnp.clip(mean, 0.0, 1.0) * 2.0 - 1.0
 
@@ -65,8 +66,7 @@ def make_generate(models, config):
   def generate(state: TrainState, key, num: int):
     """num decoded prior samples [num, H, W, C] (the likelihood's mean) in model space."""
     z = jax.random.normal(key, (num, config.model.latent_dim))
-    return _mean_image(config.model, vae.apply({"params": state.params["vae"]}, z,
-                                               method=vae.decode))
+    return _decode_mean(vae, config.model, {"params": state.params["vae"]}, z)
 
   return generate
 
@@ -80,7 +80,7 @@ def make_snapshots(models, config, num_interpolation_steps: int = 8):
     x = batch["x"]
     params = {"params": state.params["vae"]}
     mean, _ = vae.apply(params, x, method=vae.encode)
-    decode = lambda z: _mean_image(config.model, vae.apply(params, z, method=vae.decode))
+    decode = lambda z: _decode_mean(vae, config.model, params, z)
     # Rows alternate inputs and reconstructions of the posterior means.
     half = x.shape[0] // 2
     pairs = jnp.stack([x[:half], decode(mean)[:half]], axis=1).reshape(-1, *x.shape[1:])
@@ -131,6 +131,6 @@ def make_reconstruct(models, config):
   def reconstruct(state: TrainState, x):
     params = {"params": state.params["vae"]}
     mean, _ = vae.apply(params, x, method=vae.encode)
-    return _mean_image(config.model, vae.apply(params, mean, method=vae.decode))
+    return _decode_mean(vae, config.model, params, mean)
 
   return reconstruct
