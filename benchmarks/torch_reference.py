@@ -232,6 +232,24 @@ def time_train_step(experiment: str, batch_size: int = 128, steps: int = 30,
           "torch": torch.__version__}
 
 
+def profile_table(experiment: str, batch_size: int, steps: int, top: int,
+                  channels_last: bool = False) -> str:
+  """torch.profiler's operator table (self CPU time per step) of `steps` train steps."""
+  step, batch = make_train_step(experiment, batch_size, channels_last=channels_last)
+  for _ in range(3):
+    step(batch)
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+    for _ in range(steps):
+      step(batch)
+  events = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)
+  total = sum(e.self_cpu_time_total for e in events)
+  rows = ["| operator | calls / step | self ms / step | share |", "| --- | ---: | ---: | ---: |"]
+  rows += [f"| {e.key} | {e.count / steps:g} | {e.self_cpu_time_total / 1e3 / steps:.2f} | "
+           f"{100 * e.self_cpu_time_total / total:.1f}% |" for e in events[:top]]
+  rows.append(f"| all {len(events)} operators | | {total / 1e3 / steps:.2f} | 100% |")
+  return "\n".join(rows)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("experiment", choices=EXPERIMENTS)
@@ -240,7 +258,13 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--channels_last", action="store_true", help="NHWC memory format")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
+  parser.add_argument("--profile", type=int, default=0,
+                      help="instead: print the N most expensive PyTorch operators of a step")
   args = parser.parse_args(argv)
+  if args.profile:
+    print(profile_table(args.experiment, args.batch_size, args.steps, args.profile,
+                        args.channels_last))
+    return
   result = time_train_step(args.experiment, args.batch_size, args.steps, args.warmup,
                            args.channels_last)
   result["parameters"] = sum(parameter_count(args.experiment).values())

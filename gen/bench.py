@@ -8,8 +8,13 @@ sees which of the two bounds a run. FLOPs come from XLA's cost analysis of the c
 step; utilisation is against a matmul peak measured in the same process on CPU, or the
 vendor's dense peak on GPUs and TPUs.
 """
+import collections
 import contextlib
+import glob
+import gzip
 import json
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -22,6 +27,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: t
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before timing.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+_PROFILE = flags.DEFINE_integer("profile", 0, "Instead: print the N most expensive XLA operations "
+                                "of the step, traced with jax.profiler, with the layers they come from.")
 
 # Dense peak FLOP/s by device kind and compute dtype, from the vendors' data sheets.
 VENDOR_PEAKS = {
@@ -58,36 +65,40 @@ def peak_flops_per_sec(dtype: str = "float32") -> tuple[float, str]:
   return 2 * n**3 / seconds, f"measured {n}x{n} f32 matmul on {device.device_kind}"
 
 
-def _synthetic_batch(experiment, key):
+def synthetic_batch(experiment, key):
   import jax
   import numpy as np
   from gen import sharding
-  batch_size = experiment.config.batch_size
+  batch_size = experiment.step_batch_size
   x = jax.random.uniform(key, (batch_size, *experiment.dataset.shape), minval=-1.0, maxval=1.0)
-  labels = np.zeros((batch_size,), np.int32)
+  labels = experiment.sample_labels(batch_size)
   return jax.device_put({"x": x, "label": labels}, sharding.batch_sharding(experiment.mesh))
 
 
-def benchmark(config, steps: int = 20, warmup: int = 3) -> dict:
-  """Measures the experiment of `config`; returns the numbers as a dict.
-
-  A tfds dataset that is not prepared on this machine is replaced by tfds's mock data of
-  the same shapes (`input_source` says so): the step's speed does not depend on pixels.
-  """
+@contextlib.contextmanager
+def dataset_or_mock(config):
+  """Yields where the examples come from: the config's dataset, or tfds's mock data of the
+  same shapes when a tfds dataset is not prepared here (speed does not depend on pixels)."""
   from gen import UsageError, data
   try:
     data.load(config.dataset)
-    source, context = "dataset", contextlib.nullcontext()
   except UsageError:
     import tensorflow_datasets as tfds
-    source, context = "tfds mock data", tfds.testing.mock_data(num_examples=10_000)
-  with context:
+    with tfds.testing.mock_data(num_examples=10_000):
+      yield "tfds mock data"
+    return
+  yield "dataset"
+
+
+def benchmark(config, steps: int = 20, warmup: int = 3) -> dict:
+  """Measures the experiment of `config`; returns the numbers as a dict."""
+  with dataset_or_mock(config) as source:
     return {**_benchmark(config, steps, warmup), "input_source": source}
 
 
 def _benchmark(config, steps: int, warmup: int) -> dict:
   import jax
-  from gen import data, train
+  from gen import data, sharding, train
 
   # Compile once against an empty persistent cache, and once more from it.
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gen-bench-cache-"))
@@ -105,7 +116,7 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
 
   flops_per_step = train.flops_per_step(step)
 
-  batch = _synthetic_batch(experiment, jax.random.key(0))
+  batch = synthetic_batch(experiment, jax.random.key(0))
   for _ in range(warmup):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -116,7 +127,7 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - begin)
   step_s = statistics.median(times)
-  batch_size = config.batch_size
+  batch_size = experiment.step_batch_size  # Examples a step consumes (n_critic batches for GANs).
 
   # The input pipeline alone, as the loop consumes it (prefetching onto the mesh).
   batches = data.DeviceIterator(experiment.dataset, batch_size, config.seed, experiment.mesh)
@@ -135,9 +146,11 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   batches.close()
 
   generate = experiment.compile_generate()
-  generate(state, jax.random.key(0), batch_size).block_until_ready()
+  labels = jax.device_put(experiment.sample_labels(config.batch_size),
+                          sharding.batch_sharding(experiment.mesh))
+  generate(state, jax.random.key(0), labels).block_until_ready()
   sample_s = _median_seconds(
-      lambda: generate(state, jax.random.key(1), batch_size).block_until_ready(), steps)
+      lambda: generate(state, jax.random.key(1), labels).block_until_ready(), steps)
 
   peak, peak_source = peak_flops_per_sec()
   return {
@@ -154,8 +167,69 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
       "mfu": flops_per_step / step_s / peak,
       "input_images_per_sec": batch_size / input_s,
       "loop_images_per_sec": batch_size / loop_s,
-      "sample_images_per_sec": batch_size / sample_s,
+      "sample_images_per_sec": config.batch_size / sample_s,
   }
+
+def _op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """{HLO instruction name: (opcode, source op_name)} of a compiled module's text. A fusion
+  without metadata of its own is named after the convolution or dot inside it."""
+  inner, computation = {}, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"%?([\w.\-]+) \(.*\{$", line)
+    if header:
+      computation = header.group(1)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    if computation and op_name and (computation not in inner or re.search(
+        r"conv_general_dilated|dot_general", op_name.group(1))):
+      inner[computation] = op_name.group(1)
+  sources = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w\-]*)\(", line)
+    if not match:
+      continue
+    name, opcode = match.groups()
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    calls = re.search(r"calls=%?([\w.\-]+)", line)
+    kind = re.search(r"kind=(\w+)", line)
+    source = op_name.group(1) if op_name else inner.get(calls.group(1), "") if calls else ""
+    sources[name] = (f"{opcode}:{kind.group(1)}" if kind else opcode, source)
+  return sources
+
+
+def _short(op_name: str) -> str:
+  # jit(<lambda>)/jvp(Generator)/ConvTranspose_1/conv_general_dilated -> readable path.
+  parts = [p for p in op_name.split("/") if not p.startswith("jit(")]
+  return "/".join(parts)[-90:]
+
+
+def profile(config, steps: int) -> tuple[list[tuple[str, str, float]], float]:
+  """([(operation, source, ms per step)], traced ms per step) of the experiment's step."""
+  import jax
+  from gen import train
+  experiment = train.build(config)
+  state = experiment.init_state()
+  step = experiment.compile_train_step(state)
+  sources = _op_sources(step.as_text())
+  batch = synthetic_batch(experiment, jax.random.key(0))
+  for _ in range(3):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  trace_dir = tempfile.mkdtemp(prefix="gen-profile-")
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(steps):
+      state, metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+  (path,) = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  totals = collections.Counter()
+  for event in events:
+    if event.get("ph") == "X" and event.get("name") in sources:
+      totals[event["name"]] += event["dur"] / 1e3 / steps
+  rows = [(f"{name} ({sources[name][0]})", _short(sources[name][1]), ms)
+          for name, ms in totals.most_common()]
+  return rows, sum(totals.values())
 
 
 def main(argv):
@@ -165,6 +239,14 @@ def main(argv):
   config = cli.CONFIG.value
   if _BATCH_SIZE.value:
     config.batch_size = _BATCH_SIZE.value
+  if _PROFILE.value:
+    with dataset_or_mock(config):
+      rows, total = profile(config, _STEPS.value)
+    print("| operation | source | ms / step | share |\n| --- | --- | ---: | ---: |")
+    for name, source, ms in rows[:_PROFILE.value]:
+      print(f"| {name} | {source} | {ms:.2f} | {100 * ms / total:.1f}% |")
+    print(f"| all {len(rows)} operations | | {total:.2f} | 100% |")
+    return
   result = benchmark(config, _STEPS.value, _WARMUP.value)
   if _JSON.value:
     print(json.dumps(result))
