@@ -1,6 +1,8 @@
 """DCGAN on scikit-learn's 8x8 digits: the default experiment, offline, minutes on 2 CPU cores."""
 import ml_collections
 
+from gen.steps import gan
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -21,6 +23,7 @@ def get_config():
       "generator_features": (128, 64, 32),
       "discriminator_features": (32, 64),
   })
+  config.gan = gan.options()
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
   config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
   # Against the test split, with gen's digits classifier (python -m gen.classifiers digits).

@@ -1,6 +1,8 @@
 """DCGAN-28 (the TensorFlow-tutorial architecture) on MNIST from tfds (downloads on first use)."""
 import ml_collections
 
+from gen.steps import gan
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -22,6 +24,7 @@ def get_config():
       "generator_features": (256, 128, 64),
       "discriminator_features": (64, 128),
   })
+  config.gan = gan.options()
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
   config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
   # Against the test split, with gen's MNIST classifier (python -m gen.classifiers mnist).

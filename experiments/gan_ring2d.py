@@ -1,6 +1,8 @@
 """MLP GAN on 8 Gaussians on a circle of radius 2 (std 0.02), the mode-collapse benchmark."""
 import ml_collections
 
+from gen.steps import gan
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -20,6 +22,7 @@ def get_config():
       "latent_dim": 2,
       "hidden": (128, 128, 128),
   })
+  config.gan = gan.options()
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
   config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
   # The VEEGAN/PacGAN protocol: 2,500 samples, high quality within 3 std of a mode.

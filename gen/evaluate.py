@@ -8,7 +8,9 @@ extractor; compiled samplers) once, and returns `evaluate(state) -> {metric: val
 Metric groups (`config.eval.metrics`):
   modes           2D mixtures: modes captured, % high quality, KL(mode histogram || uniform)
   classifier      gen's domain classifier: Fréchet distance (fd), KID, precision/recall,
-                  density/coverage of its features, and the classifier score of samples
+                  density/coverage of its features, and the classifier score of samples;
+                  for conditional models also label_accuracy, how often the classifier
+                  names the class a sample was asked for
   inception       the same on the FID Inception's pool3 features (fid, inception_*) and its
                   Inception score; needs pytorch-fid's weights file (see gen/inception.py)
   likelihood      VAEs: ELBO and the IWAE bound on the evaluation split, nats and bits/dim
@@ -26,7 +28,7 @@ from gen import UsageError, checkpoint, classifiers, data, metrics, sharding
 from gen.steps import vae as vae_steps
 
 METRIC_GROUPS = ("modes", "classifier", "inception", "likelihood", "reconstruction")
-HIGHER_IS_BETTER = {"modes", "high_quality", "classifier_score", "precision", "recall", "density",
+HIGHER_IS_BETTER = {"modes", "high_quality", "classifier_score", "label_accuracy", "precision", "recall", "density",
                     "coverage", "elbo", "psnr", "ssim", "inception_score", "inception_precision",
                     "inception_recall", "inception_density", "inception_coverage"}
 
@@ -105,7 +107,7 @@ def make_evaluator(experiment, workdir: str | None = None):
 
     evaluations.append(modes)
 
-  def feature_group(predict, extractor: str, batch_size: int, rename):
+  def feature_group(predict, extractor: str, batch_size: int, rename, label_accuracy=False):
     extract = lambda images: _features(predict, images, batch_size, experiment.mesh)
     real = split.read(np.arange(split.num_examples))["x"]
     reference = _reference_features(workdir, split, real, extract, extractor)
@@ -115,6 +117,11 @@ def make_evaluator(experiment, workdir: str | None = None):
       fake = extract(samples(state))
       throughput = len(fake["features"]) / (time.perf_counter() - start)
       results = {rename(k): v for k, v in _feature_metrics(reference, fake).items()}
+      if label_accuracy and experiment.num_classes:
+        # The sampler asks for every class in turn.
+        requested = experiment.sample_labels(len(fake["probabilities"]))
+        accuracy = np.mean(fake["probabilities"].argmax(-1) == requested)
+        results[rename("label_accuracy")] = float(accuracy)
       # Sampling and feature extraction together.
       return {**results, rename("eval_images_per_sec"): throughput}
 
@@ -124,7 +131,7 @@ def make_evaluator(experiment, workdir: str | None = None):
     predict = classifiers.make_predict(classifiers.load_or_train(split.name), split.num_classes)
     evaluations.append(feature_group(
         predict, f"classifier_v{classifiers.VERSION}", 500,
-        lambda k: "classifier_score" if k == "score" else k))
+        lambda k: "classifier_score" if k == "score" else k, label_accuracy=True))
 
   if "inception" in groups:
     from gen import inception  # Its weights are a 95 MB download: only when asked for.

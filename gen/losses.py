@@ -8,15 +8,76 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Ar
   return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
-def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
-  """The GAN discriminator's cross-entropy: real -> 1, fake -> 0."""
-  return (sigmoid_binary_cross_entropy(real_logits, 1.0).mean()
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array,
+                       real_label: float = 1.0) -> jax.Array:
+  """The GAN discriminator's cross-entropy: real -> `real_label` (1, or e.g. 0.9 for
+  one-sided label smoothing, Salimans et al. 2016), fake -> 0."""
+  return (sigmoid_binary_cross_entropy(real_logits, real_label).mean()
           + sigmoid_binary_cross_entropy(fake_logits, 0.0).mean())
 
 
 def generator_loss(fake_logits: jax.Array) -> jax.Array:
   """The non-saturating generator loss, -log D(G(z))."""
   return sigmoid_binary_cross_entropy(fake_logits, 1.0).mean()
+
+
+def minimax_generator_loss(fake_logits: jax.Array) -> jax.Array:
+  """The original minimax generator loss, log(1 - D(G(z))) (Goodfellow et al. 2014)."""
+  return -sigmoid_binary_cross_entropy(fake_logits, 0.0).mean()
+
+
+def hinge_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """max(0, 1 - D(x)) + max(0, 1 + D(G(z))) (Lim & Ye 2017; Miyato et al. 2018)."""
+  return jax.nn.relu(1.0 - real_logits).mean() + jax.nn.relu(1.0 + fake_logits).mean()
+
+
+def wasserstein_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """The critic's loss, D(G(z)) - D(x) (Arjovsky et al. 2017)."""
+  return fake_logits.mean() - real_logits.mean()
+
+
+def negated_fake_logits(fake_logits: jax.Array) -> jax.Array:
+  """-D(G(z)): the generator loss of both the hinge and the Wasserstein GAN."""
+  return -fake_logits.mean()
+
+
+def least_squares_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """½(D(x) - 1)² + ½D(G(z))² (LSGAN, Mao et al. 2017, with a = 0, b = c = 1)."""
+  return 0.5 * ((real_logits - 1.0)**2).mean() + 0.5 * (fake_logits**2).mean()
+
+
+def least_squares_generator_loss(fake_logits: jax.Array) -> jax.Array:
+  """½(D(G(z)) - 1)²."""
+  return 0.5 * ((fake_logits - 1.0)**2).mean()
+
+
+# name: (discriminator loss(real, fake), generator loss(fake)).
+GAN_LOSSES = {
+    "non_saturating": (discriminator_loss, generator_loss),
+    "minimax": (discriminator_loss, minimax_generator_loss),
+    "hinge": (hinge_discriminator_loss, negated_fake_logits),
+    "wasserstein": (wasserstein_discriminator_loss, negated_fake_logits),
+    "least_squares": (least_squares_discriminator_loss, least_squares_generator_loss),
+}
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean cross-entropy of class logits [B, K] against integer labels [B]."""
+  log_probs = jax.nn.log_softmax(logits)
+  return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1).mean()
+
+
+def gradient_penalty(grads: jax.Array, target: float = 1.0) -> jax.Array:
+  """mean over the batch of (‖∇ₓD‖₂ - target)², for input gradients [B, ...]: WGAN-GP's
+  penalty with target 1 (Gulrajani et al. 2017)."""
+  norms = jnp.sqrt(jnp.sum(grads.reshape(grads.shape[0], -1)**2, axis=-1) + 1e-12)
+  return ((norms - target)**2).mean()
+
+
+def r1_penalty(grads: jax.Array) -> jax.Array:
+  """mean over the batch of ‖∇ₓD(x)‖², for gradients at real examples (Mescheder et al.
+  2018); the caller scales it by γ/2."""
+  return jnp.sum(grads.reshape(grads.shape[0], -1)**2, axis=-1).mean()
 
 
 def gaussian_kl(mean: jax.Array, log_var: jax.Array) -> jax.Array:

@@ -15,6 +15,8 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
                           "train; sample (an .npz of samples); eval (the config's metrics of the "
                           "latest checkpoint, written to <workdir>/eval/<step>.json).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "--mode=sample: how many samples.")
+_LABELS = flags.DEFINE_list("labels", None, "--mode=sample, conditional models: the classes "
+                            "to sample, in turn (e.g. 0,1,2); default: every class in turn.")
 _OUTPUT = flags.DEFINE_string("output", None,
                               "--mode=sample: the .npz to write (default <workdir>/samples.npz).")
 
@@ -41,7 +43,13 @@ def main(argv):
       train.train(config, _WORKDIR.value)
     elif _MODE.value == "sample":
       output = _OUTPUT.value or os.path.join(_WORKDIR.value, "samples.npz")
-      train.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, output)
+      labels = None
+      if _LABELS.value is not None:
+        try:
+          labels = [int(label) for label in _LABELS.value]
+        except ValueError:
+          cli.fail(f"--labels={','.join(_LABELS.value)}: give integer classes, e.g. --labels=0,1,2.")
+      train.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, output, labels=labels)
     else:
       results = evaluate.evaluate_latest(config, _WORKDIR.value)
       print(json.dumps(results, indent=2))

@@ -32,6 +32,16 @@ class Experiment:
   family: Any
   optimizers: dict
 
+  @property
+  def num_classes(self) -> int:
+    """Classes of a conditional model, 0 for an unconditional one."""
+    return self.config.model.get("num_classes", 0)
+
+  @property
+  def step_batch_size(self) -> int:
+    """Examples one train step consumes: the batch, times n_critic for GANs."""
+    return self.config.batch_size * (self.config.gan.n_critic if "gan" in self.config else 1)
+
   def init_state(self) -> TrainState:
     init = functools.partial(self.family.init_state, self.models, self.optimizers, self.config,
                              self.dataset.shape)
@@ -52,9 +62,9 @@ class Experiment:
     """
     train_step = self.family.make_train_step(self.models, self.optimizers, self.config)
     replicated, batched = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
-    batch = {"x": jax.ShapeDtypeStruct((self.config.batch_size, *self.dataset.shape), np.float32,
-                                       sharding=batched),
-             "label": jax.ShapeDtypeStruct((self.config.batch_size,), np.int32, sharding=batched)}
+    size = self.step_batch_size
+    batch = {"x": jax.ShapeDtypeStruct((size, *self.dataset.shape), np.float32, sharding=batched),
+             "label": jax.ShapeDtypeStruct((size,), np.int32, sharding=batched)}
     return jax.jit(
         lambda state, batch: train_step(state, batch, step_key(state)),
         in_shardings=(replicated, batched),
@@ -63,17 +73,35 @@ class Experiment:
     ).lower(state, batch).compile()
 
   def compile_generate(self):
-    """generate(state, key, num) -> [num, ...] in model space; each device makes its slice."""
-    return jax.jit(self.family.make_generate(self.models, self.config), static_argnums=2,
+    """generate(state, key, labels) -> [len(labels), ...] in model space; each device makes
+    its slice. Unconditional models ignore the labels' values."""
+    return jax.jit(self.family.make_generate(self.models, self.config),
                    out_shardings=sharding.batch_sharding(self.mesh))
 
-  def sampler(self):
-    """samples(state, num, key) -> NumPy [num, ...] in model space, in batches of the config's
-    size; batch i uses fold_in(key, i), so the result depends on the key alone."""
-    generate, batch_size = self.compile_generate(), self.config.batch_size
+  def sample_labels(self, num: int, labels=None) -> np.ndarray:
+    """The classes of `num` samples: `labels` repeated, or all classes in turn (zeros for an
+    unconditional model)."""
+    if labels is None:
+      return np.arange(num, dtype=np.int32) % max(self.num_classes, 1)
+    labels = np.asarray(labels, np.int32)
+    if not self.num_classes:
+      raise UsageError("Labels were given, but this model is unconditional "
+                       "(config.model.num_classes is 0).")
+    if labels.size == 0 or labels.min() < 0 or labels.max() >= self.num_classes:
+      raise UsageError(f"Labels must be in [0, {self.num_classes}), got {labels.tolist()}.")
+    return np.resize(labels, num)
 
-    def samples(state, num: int, key) -> np.ndarray:
-      chunks = [sharding.to_host(generate(state, jax.random.fold_in(key, i), batch_size))
+  def sampler(self):
+    """samples(state, num, key, labels=None) -> NumPy [num, ...] in model space, of the classes
+    `sample_labels(num, labels)`, in batches of the config's size; batch i uses
+    fold_in(key, i), so the result depends on the key and labels alone."""
+    generate, batch_size = self.compile_generate(), self.config.batch_size
+    batched = sharding.batch_sharding(self.mesh)
+
+    def samples(state, num: int, key, labels=None) -> np.ndarray:
+      labels = self.sample_labels(-(-num // batch_size) * batch_size, labels)
+      chunks = [sharding.to_host(generate(state, jax.random.fold_in(key, i), jax.device_put(
+          labels[i * batch_size:(i + 1) * batch_size], batched)))
                 for i in range(-(-num // batch_size))]
       return np.concatenate(chunks)[:num]
 
@@ -94,13 +122,23 @@ def build(config, mesh=None) -> Experiment:
   dataset = data.load(config.dataset)
   models = models_lib.build(config.model, dataset.shape)
   family = FAMILIES[models_lib.FAMILY[config.model.name]]
-  return Experiment(config, mesh, dataset, models, family,
-                    make_optimizers(config.optimizer, models))
+  classes = config.model.get("num_classes", 0)
+  if classes and dataset.num_classes and classes != dataset.num_classes:
+    raise UsageError(f"config.model.num_classes={classes}, but {dataset.name} has "
+                     f"{dataset.num_classes} classes: set --config.model.num_classes="
+                     f"{dataset.num_classes}.")
+  if family is gan:
+    if "gan" not in config:
+      raise UsageError("A GAN config needs config.gan (see gen.steps.gan.options).")
+    gan.validate(config)
+  return Experiment(config, mesh, dataset, models, family, make_optimizers(config, models))
 
 
 def _snapshot_batch(experiment: Experiment):
   """A fixed batch of real examples for grids (the first ones of the training split)."""
   num = min(_SNAPSHOT_SIZE[experiment.dataset.kind], experiment.dataset.num_examples)
+  if experiment.num_classes and experiment.dataset.kind == "image":
+    num = experiment.num_classes**2  # A square grid whose columns are the classes.
   return experiment.dataset.read(np.arange(num))
 
 
@@ -153,7 +191,7 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   writer = writers.MetricWriter(workdir)
   evaluator = None  # Built at the first evaluation: it loads data and a feature extractor.
   best = evaluate.BestCheckpoint(workdir, config.eval.get("best_metric"))
-  batches = data.DeviceIterator(experiment.dataset, config.batch_size, config.seed, mesh,
+  batches = data.DeviceIterator(experiment.dataset, experiment.step_batch_size, config.seed, mesh,
                                 data_state)
   progress = tqdm(total=config.num_steps, initial=start, disable=jax.process_index() != 0,
                   dynamic_ncols=True, mininterval=1.0)
@@ -168,7 +206,7 @@ def train(config, workdir: str, mesh=None) -> TrainState:
         metrics = jax.device_get(metrics)  # The loop's only host sync, every log_every steps.
         seconds = time.perf_counter() - window_start - window_pauses
         throughput = {
-            "images_per_sec": window_steps * config.batch_size / seconds,
+            "images_per_sec": window_steps * experiment.step_batch_size / seconds,
             "gflops_per_sec": window_steps * step_flops / seconds / 1e9,
         }
         writer.write_scalars(step, {**metrics, **throughput})
@@ -213,19 +251,23 @@ def restore_latest(experiment: Experiment, workdir: str) -> TrainState:
   return state
 
 
-def sample(config, workdir: str, num_samples: int, output: str, mesh=None) -> np.ndarray:
-  """Writes `num_samples` samples of the latest checkpoint to `output` (.npz), in [0, 1] for images.
+def sample(config, workdir: str, num_samples: int, output: str, mesh=None, labels=None
+           ) -> np.ndarray:
+  """Writes `num_samples` samples of the latest checkpoint to `output` (.npz: "samples", in
+  [0, 1] for images, and "labels", their classes), of the classes `labels` in turn (all
+  classes in turn by default; conditional models only).
 
-  Deterministic for a given checkpoint and `config.seed`.
+  Deterministic for a given checkpoint, `config.seed` and labels.
   """
   experiment = build(config, mesh)
+  classes = experiment.sample_labels(num_samples, labels)  # Bad labels fail before restoring.
   state = restore_latest(experiment, workdir)
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  samples = experiment.sampler()(state, num_samples, key).astype(np.float32)
+  samples = experiment.sampler()(state, num_samples, key, labels).astype(np.float32)
   if experiment.dataset.kind == "image":
     samples = writers.to_unit_range(samples)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    np.savez(output, samples=samples)
+    np.savez(output, samples=samples, labels=classes)
     logging.info("Wrote %d samples of step %d to %s.", len(samples), int(state.step), output)
   return samples

@@ -45,7 +45,11 @@ def tiny(config, **overrides):
   small = {"batch_size": 16, "log_every": 1, "sample_every": 1000, "checkpoint_every": 1000}
   model = config.model
   if model.name == "dcgan":
-    small.update({"model.generator_features": (16, 8, 8), "model.discriminator_features": (8, 16),
+    depth = len(model.generator_features)  # Kept: it sets the output size.
+    small.update({"model.generator_features": (16,) + (8,) * (depth - 1),
+                  "model.discriminator_features": (8, 16), "model.latent_dim": 8})
+  elif model.name == "resnet_gan":
+    small.update({"model.generator_width": 16, "model.discriminator_width": 16,
                   "model.latent_dim": 8})
   elif model.name == "conv_vae":
     small.update({"model.features": (8, 16), "model.latent_dim": 4})

@@ -3,6 +3,8 @@ import jax
 import numpy as np
 import pytest
 
+import tensorflow_datasets as tfds
+
 from conftest import load_config, tiny
 from gen import UsageError, sharding, train
 
@@ -11,27 +13,42 @@ def _one_step(config, devices):
   experiment = train.build(config, sharding.make_mesh(devices))
   state = experiment.init_state()
   initial = jax.device_get(state.params)
-  batch = experiment.dataset.read(np.arange(config.batch_size))
+  batch = experiment.dataset.read(np.arange(experiment.step_batch_size))
   step = experiment.compile_train_step(state)
   new_state, metrics = step(state, sharding.shard_batch(batch, experiment.mesh))
-  return initial, jax.device_get(new_state.params), jax.device_get(metrics), new_state
+  # Everything a step carries forward: params, BatchNorm and spectral-norm state, EMA.
+  carried = {"params": new_state.params, "batch_stats": new_state.batch_stats, "ema": new_state.ema}
+  return initial, jax.device_get(carried), jax.device_get(metrics), new_state
 
 
-@pytest.mark.parametrize("name", ["dcgan_digits", "vae_digits", "gan_ring2d"])
-def test_sharded_step_matches_single_device(name):
+# Every GAN option at once, conditional: spectral norm's power iteration, the penalties'
+# input gradients, DiffAugment's per-example draws and n_critic's batch split must all be
+# independent of how the batch is split over devices.
+EVERYTHING = {"model.spectral_norm": True, "gan.loss": "hinge", "gan.n_critic": 2,
+              "gan.gradient_penalty": 10.0, "gan.r1": 1.0, "gan.ema_decay": 0.99,
+              "gan.diffaugment": "color,translation,cutout"}
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("dcgan_digits", {}), ("vae_digits", {}), ("gan_ring2d", {}),
+    ("cdcgan_digits", EVERYTHING), ("sngan_cifar10", {"gan.n_critic": 2})])
+def test_sharded_step_matches_single_device(name, overrides):
   assert jax.device_count() == 8
-  config = tiny(load_config(name), batch_size=32)
-  initial, params_1, metrics_1, _ = _one_step(config, jax.devices()[:1])
-  _, params_8, metrics_8, state_8 = _one_step(config, jax.devices())
+  config = tiny(load_config(name), batch_size=16, **overrides)
+  with tfds.testing.mock_data(num_examples=64):
+    initial, params_1, metrics_1, _ = _one_step(config, jax.devices()[:1])
+    _, params_8, metrics_8, state_8 = _one_step(config, jax.devices())
   # The step really ran on 8 devices, with replicated params.
   leaf = jax.tree.leaves(state_8.params)[0]
   assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
   for key in metrics_1:
     np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  assert jax.tree.structure(params_1) == jax.tree.structure(params_8)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params_1), jax.tree.leaves(params_8)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
   # The step moved the params, so the comparison is not between two initial states.
-  moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(params_1))]
+  moved = [np.abs(a - b).max()
+           for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(params_1["params"]))]
   assert max(moved) > 1e-5
 
 

@@ -2,9 +2,25 @@
 import jax.numpy as jnp
 
 from gen import UsageError
-from gen.models import dcgan, mlp, vae
+from gen.models import dcgan, mlp, resnet, vae
+from gen.models.layers import CONDITIONING
 
-FAMILY = {"dcgan": "gan", "mlp_gan": "gan", "conv_vae": "vae"}
+FAMILY = {"dcgan": "gan", "mlp_gan": "gan", "resnet_gan": "gan", "conv_vae": "vae"}
+
+
+def _gan_conditioning(model_config) -> dict:
+  """The class-conditioning arguments of a GAN's discriminator, checked."""
+  num_classes = model_config.get("num_classes", 0)
+  conditioning = model_config.get("conditioning", "none")
+  if conditioning not in CONDITIONING:
+    raise UsageError(f"config.model.conditioning={conditioning!r}; use one of {CONDITIONING}.")
+  if bool(num_classes) != (conditioning != "none"):
+    raise UsageError(
+        f"config.model.num_classes={num_classes} with conditioning={conditioning!r}: a "
+        "conditional model needs both num_classes > 0 and conditioning 'projection' or "
+        "'acgan'; an unconditional one num_classes=0 and conditioning 'none'.")
+  return {"num_classes": num_classes, "conditioning": conditioning,
+          "spectral_norm": model_config.get("spectral_norm", False)}
 
 
 def build(model_config, shape) -> dict:
@@ -14,18 +30,39 @@ def build(model_config, shape) -> dict:
     raise UsageError(f"config.model.dtype={model_config.dtype!r}; use 'float32' or 'bfloat16'.")
   dtype = jnp.dtype(model_config.dtype)
   if name == "dcgan":
-    if shape[0] != shape[1] or shape[0] % 4:
-      raise UsageError(f"dcgan needs square images with a side divisible by 4, got {shape}.")
+    features = tuple(model_config.generator_features)
+    scale = 2 ** len(features[1:])
+    if shape[0] != shape[1] or shape[0] % scale:
+      raise UsageError(f"dcgan with {len(features)} generator widths needs square images with "
+                       f"a side divisible by {scale}, got {shape}.")
+    conditioning = _gan_conditioning(model_config)
     return {
-        "generator": dcgan.Generator(tuple(model_config.generator_features), base=shape[0] // 4,
-                                     channels=shape[-1], dtype=dtype),
+        "generator": dcgan.Generator(features, base=shape[0] // scale, channels=shape[-1],
+                                     num_classes=conditioning["num_classes"], dtype=dtype),
         "discriminator": dcgan.Discriminator(tuple(model_config.discriminator_features),
-                                             dtype=dtype),
+                                             dropout=model_config.get("dropout", 0.3),
+                                             dtype=dtype, **conditioning),
     }
   if name == "mlp_gan":
+    conditioning = _gan_conditioning(model_config)
+    slope = model_config.get("negative_slope", 0.2)
     return {
-        "generator": mlp.Generator(tuple(model_config.hidden), output_dim=shape[-1], dtype=dtype),
-        "discriminator": mlp.Discriminator(tuple(model_config.hidden), dtype=dtype),
+        "generator": mlp.Generator(tuple(model_config.hidden), shape=tuple(shape),
+                                   negative_slope=model_config.get("generator_negative_slope", 0.0),
+                                   num_classes=conditioning["num_classes"], dtype=dtype),
+        "discriminator": mlp.Discriminator(tuple(model_config.hidden), negative_slope=slope,
+                                           dtype=dtype, **conditioning),
+    }
+  if name == "resnet_gan":
+    if shape[0] != shape[1] or shape[0] % 8:
+      raise UsageError(f"resnet_gan needs square images with a side divisible by 8, got {shape}.")
+    conditioning = _gan_conditioning(model_config)
+    return {
+        "generator": resnet.Generator(model_config.generator_width, base=shape[0] // 8,
+                                      channels=shape[-1], num_classes=conditioning["num_classes"],
+                                      dtype=dtype),
+        "discriminator": resnet.Discriminator(model_config.discriminator_width, dtype=dtype,
+                                              **conditioning),
     }
   if name == "conv_vae":
     return {"vae": vae.VAE(tuple(shape), model_config.latent_dim, tuple(model_config.features),

@@ -1,7 +1,9 @@
-"""DCGAN (the TensorFlow-tutorial architecture for 28x28), with widths and resolution configurable.
+"""DCGAN (Radford et al. 2016; the TensorFlow-tutorial layers for 28x28), any depth and size.
 
-A `base` x `base` seed is upsampled by one stride-1 and two stride-2 transposed
-convolutions, so the output is 4·base pixels square: base 7 gives 28x28, base 2 gives 8x8.
+A `base` x `base` seed is upsampled by one stride-1 and then stride-2 transposed
+convolutions, one per width after the first and one to the output channels, so the
+output is base·2^len(features[1:]) pixels square: widths (256, 128, 64) turn base 7 into
+28x28, base 8 into 32x32 and base 2 into 8x8; (512, 256, 128, 64) turn base 8 into 64x64.
 """
 from collections.abc import Sequence
 from typing import Any
@@ -10,48 +12,56 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gen.models.layers import Conv, ConvTranspose, Dropout
+from gen.models.layers import (Conv, ConvTranspose, DiscriminatorHead, Dropout, condition_latent,
+                               maybe_spectral_norm)
 
 
 class Generator(nn.Module):
-  """z [B, latent] -> images [B, 4·base, 4·base, channels] in [-1, 1]."""
+  """z [B, latent] (and labels [B]) -> images [B, size, size, channels] in [-1, 1]."""
   features: Sequence[int] = (256, 128, 64)
   base: int = 7
   channels: int = 1
   kernel_size: int = 5
   negative_slope: float = 0.3
+  num_classes: int = 0  # > 0: the labels' one-hot codes are appended to z.
   dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   @nn.compact
-  def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, z: jax.Array, labels: jax.Array | None = None, train: bool = True
+               ) -> jax.Array:
     bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
                               dtype=self.dtype)
     act = lambda x: nn.leaky_relu(x, self.negative_slope)
     k = (self.kernel_size, self.kernel_size)
-    x = nn.Dense(self.base * self.base * self.features[0], use_bias=False, dtype=self.dtype)(z)
+    x = condition_latent(z, labels, self.num_classes)
+    x = nn.Dense(self.base * self.base * self.features[0], use_bias=False, dtype=self.dtype)(x)
     x = act(bn()(x)).reshape(z.shape[0], self.base, self.base, self.features[0])
-    x = act(bn()(ConvTranspose(self.features[1], k, strides=(1, 1), use_bias=False,
-                               dtype=self.dtype)(x)))
-    x = act(bn()(ConvTranspose(self.features[2], k, strides=(2, 2), use_bias=False,
-                               dtype=self.dtype)(x)))
+    for i, width in enumerate(self.features[1:]):
+      stride = 1 if i == 0 else 2
+      x = act(bn()(ConvTranspose(width, k, strides=(stride, stride), use_bias=False,
+                                 dtype=self.dtype)(x)))
     x = ConvTranspose(self.channels, k, strides=(2, 2), use_bias=False, dtype=self.dtype)(x)
     return jnp.tanh(x.astype(jnp.float32))
 
 
 class Discriminator(nn.Module):
-  """images [B, H, W, C] -> logits [B]."""
+  """images [B, H, W, C] (and labels [B]) -> (logits [B], class logits [B, K] or None)."""
   features: Sequence[int] = (64, 128)
   kernel_size: int = 5
   negative_slope: float = 0.3
   dropout: float = 0.3
+  num_classes: int = 0
+  conditioning: str = "none"  # See layers.DiscriminatorHead.
+  spectral_norm: bool = False
   dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True):
     k = (self.kernel_size, self.kernel_size)
     for width in self.features:
-      x = Conv(width, k, strides=(2, 2), dtype=self.dtype)(x)
+      conv = Conv(width, k, strides=(2, 2), dtype=self.dtype)
+      x = maybe_spectral_norm(conv, self.spectral_norm, train)(x)
       x = nn.leaky_relu(x, self.negative_slope)
       x = Dropout(self.dropout, deterministic=not train)(x)
-    logits = nn.Dense(1, dtype=self.dtype)(x.reshape(x.shape[0], -1))[:, 0]
-    return logits.astype(jnp.float32)
+    return DiscriminatorHead(self.num_classes, self.conditioning, self.spectral_norm,
+                             self.dtype)(x.reshape(x.shape[0], -1), labels, train)

@@ -186,3 +186,68 @@ class Dropout(nn.Module):
                              (min(rows, x.shape[0] - start), *x.shape[1:]))
         for i, start in enumerate(range(0, x.shape[0], rows))])
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
+def maybe_spectral_norm(layer: nn.Module, enabled: bool, train: bool):
+  """`layer`, or `layer` with spectral normalisation (Miyato et al. 2018) when `enabled`.
+
+  The power iteration's vector lives in the module's "batch_stats" collection and advances
+  only when `train` is true, so evaluation is deterministic. It runs on replicated
+  parameters, hence gives the same estimate on every device.
+  """
+  if not enabled:
+    return layer
+  normalized = nn.SpectralNorm(layer)
+  return lambda *args, **kwargs: normalized(*args, update_stats=train, **kwargs)
+
+
+def condition_latent(z: jax.Array, labels: jax.Array | None, num_classes: int) -> jax.Array:
+  """z [B, latent], with the labels' one-hot codes appended when the model is conditional."""
+  if not num_classes:
+    return z
+  return jnp.concatenate([z, jax.nn.one_hot(labels, num_classes, dtype=z.dtype)], axis=-1)
+
+
+class ConditionalBatchNorm(nn.Module):
+  """BatchNorm whose scale and offset are looked up by class (de Vries et al. 2017), as in
+  the class-conditional SNGAN and BigGAN generators."""
+  num_classes: int
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array, train: bool) -> jax.Array:
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
+                     use_scale=False, use_bias=False, dtype=self.dtype)(x)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    scale = nn.Embed(self.num_classes, x.shape[-1], embedding_init=nn.initializers.ones)(labels)
+    offset = nn.Embed(self.num_classes, x.shape[-1], embedding_init=nn.initializers.zeros)(labels)
+    return x * scale.reshape(shape).astype(x.dtype) + offset.reshape(shape).astype(x.dtype)
+
+
+CONDITIONING = ("none", "projection", "acgan")
+
+
+class DiscriminatorHead(nn.Module):
+  """features [B, F] (and labels [B]) -> (logits [B], class logits [B, K] or None).
+
+  conditioning: "none"; "projection" adds <embed(label), features> to the logit (Miyato &
+  Koyama 2018); "acgan" adds an auxiliary classifier over the classes (Odena et al. 2017).
+  """
+  num_classes: int = 0
+  conditioning: str = "none"
+  spectral_norm: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, labels: jax.Array | None, train: bool):
+    sn = lambda layer: maybe_spectral_norm(layer, self.spectral_norm, train)
+    logits = sn(nn.Dense(1, dtype=self.dtype))(features)[:, 0].astype(jnp.float32)
+    class_logits = None
+    if self.conditioning == "projection":
+      embedding = sn(nn.Embed(self.num_classes, features.shape[-1]))(labels)
+      logits = logits + jnp.sum(embedding * features, axis=-1).astype(jnp.float32)
+    elif self.conditioning == "acgan":
+      class_logits = sn(nn.Dense(self.num_classes, dtype=self.dtype))(features).astype(jnp.float32)
+    return logits, class_logits

@@ -1,34 +1,49 @@
-"""Multi-layer perceptrons for low-dimensional data (the 2D mixture benchmarks)."""
+"""Multi-layer perceptron GANs: the 2D mixture benchmarks, and the vanilla GAN on images
+(Goodfellow et al. 2014; the seed design's Dense 128 + LeakyReLU(0.01) -> 784 tanh)."""
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from gen.models.layers import DiscriminatorHead, condition_latent, maybe_spectral_norm
 
 
 class Generator(nn.Module):
-  """z [B, latent] -> points [B, output_dim]."""
+  """z [B, latent] (and labels [B]) -> examples [B, *shape]; images (3 axes) go through tanh."""
   hidden: Sequence[int] = (128, 128, 128)
-  output_dim: int = 2
+  shape: Sequence[int] = (2,)
+  negative_slope: float = 0.0  # 0: ReLU.
+  num_classes: int = 0
   dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   @nn.compact
-  def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
-    x = z
+  def __call__(self, z: jax.Array, labels: jax.Array | None = None, train: bool = True
+               ) -> jax.Array:
+    x = condition_latent(z, labels, self.num_classes)
     for width in self.hidden:
-      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
-    return nn.Dense(self.output_dim, dtype=self.dtype)(x).astype(jnp.float32)
+      x = nn.leaky_relu(nn.Dense(width, dtype=self.dtype)(x), self.negative_slope)
+    x = nn.Dense(int(np.prod(self.shape)), dtype=self.dtype)(x).astype(jnp.float32)
+    x = x.reshape(z.shape[0], *self.shape)
+    return jnp.tanh(x) if len(self.shape) == 3 else x
 
 
 class Discriminator(nn.Module):
-  """points [B, D] -> logits [B]."""
+  """examples [B, ...] (and labels [B]) -> (logits [B], class logits [B, K] or None)."""
   hidden: Sequence[int] = (128, 128, 128)
   negative_slope: float = 0.2
+  num_classes: int = 0
+  conditioning: str = "none"
+  spectral_norm: bool = False
   dtype: Any = jnp.float32  # Compute dtype; params stay float32.
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True):
+    x = x.reshape(x.shape[0], -1)
     for width in self.hidden:
-      x = nn.leaky_relu(nn.Dense(width, dtype=self.dtype)(x), self.negative_slope)
-    return nn.Dense(1, dtype=self.dtype)(x)[:, 0].astype(jnp.float32)
+      dense = maybe_spectral_norm(nn.Dense(width, dtype=self.dtype), self.spectral_norm, train)
+      x = nn.leaky_relu(dense(x), self.negative_slope)
+    return DiscriminatorHead(self.num_classes, self.conditioning, self.spectral_norm,
+                             self.dtype)(x, labels, train)

@@ -12,6 +12,8 @@ import jax
 import optax
 from flax import struct
 
+from gen import UsageError
+
 
 @struct.dataclass
 class TrainState:
@@ -24,21 +26,42 @@ class TrainState:
     params: {module name: params}.
     batch_stats: {module name: BatchNorm statistics} (empty for modules without any).
     opt_state: {module name: optax state}.
+    ema: {module name: exponential moving average of its params} (empty when not kept).
   """
   step: jax.Array
   rng: jax.Array
   params: dict[str, Any]
   batch_stats: dict[str, Any]
   opt_state: dict[str, Any]
+  ema: dict[str, Any]
 
 
 def step_key(state: TrainState) -> jax.Array:
   return jax.random.fold_in(state.rng, state.step)
 
 
-def make_optimizers(optimizer_config, names) -> dict[str, optax.GradientTransformation]:
-  """Adam per module, from `config.optimizer.<name>` (learning_rate, b1, b2)."""
-  return {name: optax.adam(**optimizer_config[name].to_dict()) for name in names}
+SCHEDULES = ("constant", "linear")
+
+
+def make_optimizers(config, names) -> dict[str, optax.GradientTransformation]:
+  """Adam per module, from `config.optimizer.<name>` (learning_rate, b1, b2), with the
+  learning rate of `config.optimizer.schedule`: "constant", or "linear" decay to 0 at the
+  last step. A module updated k times a step (the discriminator with n_critic) decays over
+  k·num_steps updates. The schedule counts in the optimizer state, so resumes continue it.
+  """
+  schedule = config.optimizer.get("schedule", "constant")
+  if schedule not in SCHEDULES:
+    raise UsageError(f"config.optimizer.schedule={schedule!r}; use one of {SCHEDULES}.")
+  optimizers = {}
+  for name in names:
+    if name not in config.optimizer:
+      raise UsageError(f"config.optimizer has no entry for the model's module {name!r}.")
+    adam = config.optimizer[name].to_dict()
+    if schedule == "linear":
+      updates = config.num_steps * (config.gan.n_critic if name == "discriminator" else 1)
+      adam["learning_rate"] = optax.linear_schedule(adam["learning_rate"], 0.0, updates)
+    optimizers[name] = optax.adam(**adam)
+  return optimizers
 
 
 def variables(state: TrainState, name: str, params=None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def init_state(models, optimizers, config, shape, key) -> TrainState:
   init_key, sample_key, rng = jax.random.split(key, 3)
   params, _ = init_variables(models["vae"], init_key, jnp.zeros((1, *shape)), sample_key)
   return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params={"vae": params},
-                    batch_stats={}, opt_state={"vae": optimizers["vae"].init(params)})
+                    batch_stats={}, opt_state={"vae": optimizers["vae"].init(params)}, ema={})
 
 
 def make_train_step(models, optimizers, config):
@@ -63,9 +63,10 @@ def make_train_step(models, optimizers, config):
 def make_generate(models, config):
   vae = models["vae"]
 
-  def generate(state: TrainState, key, num: int):
-    """num decoded prior samples [num, H, W, C] (the likelihood's mean) in model space."""
-    z = jax.random.normal(key, (num, config.model.latent_dim))
+  def generate(state: TrainState, key, labels):
+    """len(labels) decoded prior samples [num, H, W, C] (the likelihood's mean) in model
+    space; the labels only set how many."""
+    z = jax.random.normal(key, (labels.shape[0], config.model.latent_dim))
     return _decode_mean(vae, config.model, {"params": state.params["vae"]}, z)
 
   return generate
@@ -89,7 +90,7 @@ def make_snapshots(models, config, num_interpolation_steps: int = 8):
     t = jnp.linspace(0.0, 1.0, num_interpolation_steps)[None, :, None]
     path = (1 - t) * mean[:rows, None] + t * mean[rows:2 * rows, None]
     interpolation = decode(path.reshape(-1, mean.shape[-1]))
-    return {"samples": generate(state, key, x.shape[0]), "reconstructions": pairs,
+    return {"samples": generate(state, key, jnp.zeros(x.shape[0], jnp.int32)), "reconstructions": pairs,
             "interpolations": interpolation}
 
   return snapshots

@@ -1,0 +1,39 @@
+"""SNGAN on CIFAR-10 (Miyato et al. 2018): the 32x32 ResNet, hinge loss, spectral norm in the
+discriminator, 5 discriminator steps per generator step, linear learning-rate decay (the
+Mimicry/StudioGAN baseline). CIFAR-10 comes through tfds (downloads on first use)."""
+import ml_collections
+
+from gen.steps import gan
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 64  # Global, over all devices; each of the n_critic D steps gets its own.
+  config.num_steps = 100_000  # Generator steps.
+  config.log_every = 100
+  config.sample_every = 2000
+  config.checkpoint_every = 5000
+  config.eval_every = 10_000
+  config.keep_checkpoints = 3
+
+  config.dataset = ml_collections.ConfigDict({
+      "name": "cifar10", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
+  config.model = ml_collections.ConfigDict({
+      "name": "resnet_gan",
+      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
+      "latent_dim": 128,
+      "generator_width": 256,
+      "discriminator_width": 128,
+      "num_classes": 0,
+      "conditioning": "none",
+      "spectral_norm": True,
+  })
+  config.gan = gan.options(loss="hinge", n_critic=5)
+  adam = {"learning_rate": 2e-4, "b1": 0.0, "b2": 0.9}
+  config.optimizer = ml_collections.ConfigDict(
+      {"generator": adam, "discriminator": adam, "schedule": "linear"})
+  # FID and IS against the test split (needs pytorch-fid's Inception weights, gen/inception.py).
+  config.eval = ml_collections.ConfigDict({
+      "metrics": ("inception",), "split": "test", "num_samples": 10_000, "best_metric": "fid"})
+  return config

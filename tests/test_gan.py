@@ -1,0 +1,198 @@
+"""The GAN family: each loss and regulariser against NumPy, and the step's options."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import load_config, tiny
+from gen import UsageError, losses, sharding, train
+from gen.models import mlp
+from gen.steps import gan, make_optimizers
+
+
+def _softplus(x):
+  return np.logaddexp(0.0, x)
+
+
+REAL = np.array([2.0, -1.0, 0.5, 3.5], np.float32)
+FAKE = np.array([-3.0, 0.2, 1.1], np.float32)
+
+# name: (D loss, G loss) written from the papers' formulas, in float64.
+NUMPY_LOSSES = {
+    "non_saturating": (lambda r, f: np.mean(_softplus(-r)) + np.mean(_softplus(f)),
+                       lambda f: np.mean(_softplus(-f))),
+    "minimax": (lambda r, f: np.mean(_softplus(-r)) + np.mean(_softplus(f)),
+                lambda f: np.mean(np.log(1.0 - 1.0 / (1.0 + np.exp(-f))))),
+    "hinge": (lambda r, f: np.mean(np.maximum(0, 1 - r)) + np.mean(np.maximum(0, 1 + f)),
+              lambda f: -np.mean(f)),
+    "wasserstein": (lambda r, f: np.mean(f) - np.mean(r), lambda f: -np.mean(f)),
+    "least_squares": (lambda r, f: 0.5 * np.mean((r - 1)**2) + 0.5 * np.mean(f**2),
+                      lambda f: 0.5 * np.mean((f - 1)**2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(losses.GAN_LOSSES))
+def test_gan_loss_matches_numpy(name):
+  d_loss, g_loss = losses.GAN_LOSSES[name]
+  expected_d, expected_g = NUMPY_LOSSES[name]
+  real, fake = REAL.astype(np.float64), FAKE.astype(np.float64)
+  np.testing.assert_allclose(d_loss(REAL, FAKE), expected_d(real, fake), rtol=1e-5)
+  np.testing.assert_allclose(g_loss(FAKE), expected_g(fake), rtol=1e-5)
+
+
+def test_one_sided_label_smoothing():
+  expected = (np.mean(-0.9 * np.log(1 / (1 + np.exp(-REAL))) - 0.1 * np.log(1 - 1 / (1 + np.exp(-REAL))))
+              + np.mean(_softplus(FAKE)))
+  np.testing.assert_allclose(losses.discriminator_loss(REAL, FAKE, real_label=0.9), expected,
+                             rtol=1e-5)
+
+
+def test_softmax_cross_entropy_matches_numpy():
+  logits = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+  labels = np.array([0, 3, 1, 1, 2])
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels),
+                             -log_probs[np.arange(5), labels].mean(), rtol=1e-5)
+
+
+def test_gradient_penalty_against_finite_differences():
+  # A leaky-ReLU MLP is piecewise linear: central differences are exact up to rounding
+  # unless they cross a kink, which a small step makes unlikely.
+  module = mlp.Discriminator(hidden=(8, 8))
+  params = module.init(jax.random.key(0), jnp.zeros((1, 2)))
+  d = lambda x: module.apply(params, x, train=False)[0]
+  x = jax.random.normal(jax.random.key(1), (6, 2))
+  grads = jax.grad(lambda x: d(x).sum())(x)
+  h = 1e-3
+  fd = np.stack([(np.asarray(d(x + h * e), np.float64) - np.asarray(d(x - h * e))) / (2 * h)
+                 for e in np.eye(2, dtype=np.float32)], axis=-1)
+  np.testing.assert_allclose(grads, fd, rtol=2e-3, atol=2e-4)
+  expected = np.mean((np.linalg.norm(fd, axis=-1) - 1.0)**2)
+  np.testing.assert_allclose(losses.gradient_penalty(grads), expected, rtol=2e-3)
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_the_squared_weight_norm():
+  w = np.array([0.3, -2.0, 1.5], np.float32)
+  x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+  grads = jax.grad(lambda x: (x @ w).sum())(x)
+  np.testing.assert_allclose(losses.r1_penalty(grads), np.sum(w**2), rtol=1e-6)
+
+
+def test_spectral_norm_estimate_matches_svd():
+  module = mlp.Discriminator(hidden=(16,), spectral_norm=True)
+  x = jnp.ones((4, 5))
+  variables = module.init(jax.random.key(0), x, train=False)
+  apply = jax.jit(lambda v: module.apply(v, x, train=True, mutable=["batch_stats"])[1])
+  for _ in range(30):  # Power iteration, one step per call.
+    variables = {**variables, **apply(variables)}
+  kernel = np.asarray(variables["params"]["Dense_0"]["kernel"])
+  sigma = float(variables["batch_stats"]["SpectralNorm_0"]["Dense_0/kernel/sigma"])
+  np.testing.assert_allclose(sigma, np.linalg.svd(kernel, compute_uv=False)[0], rtol=1e-3)
+  # Evaluation leaves the estimate where it is.
+  _, updates = module.apply(variables, x, train=False, mutable=["batch_stats"])
+  jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
+
+
+def _run(config, steps: int, mesh):
+  experiment = train.build(config, mesh)
+  state = experiment.init_state()
+  step = experiment.compile_train_step(state)
+  batch = experiment.dataset.read(np.arange(experiment.step_batch_size))
+  history = []
+  for _ in range(steps):
+    previous = jax.device_get(state)  # Before the step: it donates the state's buffers.
+    state, metrics = step(state, sharding.shard_batch(batch, mesh))
+    history.append((previous, jax.device_get(metrics)))
+  return experiment, jax.device_get(state), history
+
+
+def test_ema_follows_the_generator_with_ramped_decay(single_device_mesh):
+  config = tiny(load_config("gan_ring2d"), batch_size=8, **{"gan.ema_decay": 0.999})
+  _, state, history = _run(config, 3, single_device_mesh)
+  ema = history[0][0].params["generator"]  # Starts at the initial weights.
+  for step, (before, _) in enumerate(history):
+    decay = min(0.999, (1 + step) / (10 + step))
+    after = history[step + 1][0] if step + 1 < len(history) else state
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, after.params["generator"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               state.ema["generator"], ema)
+  # Sampling uses the average, not the current weights.
+  assert gan.sampling_params(state) is state.ema["generator"]
+
+
+def test_n_critic_updates_the_discriminator_n_times_on_separate_batches(single_device_mesh):
+  config = tiny(load_config("gan_ring2d"), batch_size=8, **{"gan.n_critic": 3})
+  experiment, state, _ = _run(config, 2, single_device_mesh)
+  assert experiment.step_batch_size == 24
+  count = lambda name: int(optax.tree_utils.tree_get(state.opt_state[name], "count"))
+  assert count("discriminator") == 6 and count("generator") == 2
+
+
+def test_lazy_r1_is_applied_every_k_steps(single_device_mesh):
+  config = tiny(load_config("gan_ring2d"), batch_size=8, **{"gan.r1": 10.0, "gan.r1_every": 2})
+  _, _, history = _run(config, 4, single_device_mesh)
+  penalties = [float(metrics["r1_penalty"]) for _, metrics in history]
+  assert penalties[0] > 0 and penalties[2] > 0 and penalties[1] == 0 and penalties[3] == 0
+
+
+def test_linear_schedule_decays_to_zero_over_the_run():
+  config = load_config("sngan_cifar10")
+  optimizers = make_optimizers(config, ["generator", "discriminator"])
+  params = {"w": jnp.ones(3)}
+  grads = {"w": jnp.ones(3)}
+  for name, updates_total in [("generator", config.num_steps),
+                              ("discriminator", config.num_steps * config.gan.n_critic)]:
+    state = optimizers[name].init(params)
+    first, _ = optimizers[name].update(grads, state, params)
+    # Jump the optimizer's step counter to the end of the run.
+    late = jax.tree.map(lambda s: jnp.asarray(updates_total, s.dtype) if s.dtype == jnp.int32
+                        else s, state)
+    last, _ = optimizers[name].update(grads, late, params)
+    assert float(jnp.abs(first["w"]).max()) > 1e-5
+    np.testing.assert_allclose(last["w"], 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"gan.loss": "wgan"}, "config.gan.loss='wgan' is unknown"),
+    ({"gan.diffaugment": "color,flip"}, "unknown transforms \\['flip'\\]"),
+    ({"gan.n_critic": 0}, "at least 1"),
+    ({"gan.ema_decay": 1.0}, "ema_decay"),
+    ({"model.num_classes": 5}, "digits has 10 classes"),
+    ({"model.conditioning": "none"}, "conditional model needs both"),
+])
+def test_bad_gan_options_fail_before_compiling(overrides, message, single_device_mesh):
+  config = tiny(load_config("cdcgan_digits"), **overrides)
+  with pytest.raises(UsageError, match=message):
+    train.build(config, single_device_mesh)
+
+
+def test_unknown_schedule_is_a_clear_error():
+  config = tiny(load_config("sngan_cifar10"), **{"optimizer.schedule": "cosine"})
+  with pytest.raises(UsageError, match="schedule='cosine'"):
+    make_optimizers(config, ["generator"])
+
+
+def test_options_reject_unknown_keys():
+  with pytest.raises(KeyError, match="n_critics"):
+    gan.options(n_critics=5)
+
+
+def test_conditional_samples_follow_the_requested_labels(single_device_mesh):
+  """Samples of class c from one z differ across c, and `sample_labels` cycles as asked."""
+  config = tiny(load_config("cdcgan_digits"))
+  experiment = train.build(config, single_device_mesh)
+  state = experiment.init_state()
+  np.testing.assert_array_equal(experiment.sample_labels(5, [3, 7]), [3, 7, 3, 7, 3])
+  np.testing.assert_array_equal(experiment.sample_labels(12), np.arange(12) % 10)
+  with pytest.raises(UsageError, match=r"Labels must be in \[0, 10\)"):
+    experiment.sample_labels(4, [10])
+  generate = jax.jit(experiment.family.make_generate(experiment.models, config))
+  key = jax.random.key(0)
+  a = generate(state, key, jnp.zeros(4, jnp.int32))
+  b = generate(state, key, jnp.ones(4, jnp.int32))
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
+  # An unconditional model refuses labels.
+  plain = train.build(tiny(load_config("dcgan_digits")), single_device_mesh)
+  with pytest.raises(UsageError, match="unconditional"):
+    plain.sample_labels(4, [1])
