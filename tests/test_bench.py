@@ -32,3 +32,16 @@ def test_bench_rejects_an_unknown_experiment():
   result = subprocess.run([sys.executable, "-m", "gen.bench", "dcgan_digitz"], cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=60)
   assert result.returncode != 0 and "unknown experiment 'dcgan_digitz'" in result.stderr
+
+
+def test_profile_attributes_operations_to_layers(single_device_mesh):
+  """--profile's table: every traced operation of a real step, named after its layer."""
+  from conftest import load_config, tiny
+  from gen import bench
+  rows, total = bench.profile(tiny(load_config("dcgan_digits"), batch_size=8), steps=2)
+  sources = [source for _, source, _ in rows]
+  assert total > 0 and all(ms >= 0 for _, _, ms in rows)
+  assert abs(sum(ms for _, _, ms in rows) - total) < 1e-6 * total + 1e-9
+  # Operations of both networks are found by the layers they come from.
+  assert any("Generator/" in s for s in sources), sources
+  assert any("Discriminator/" in s for s in sources), sources
