@@ -43,7 +43,8 @@ def validate(config):
   """Raises UsageError for GAN options that cannot work, before anything is compiled."""
   gan = config.gan
   if gan.loss not in losses.GAN_LOSSES:
-    raise UsageError(f"config.gan.loss={gan.loss!r} is unknown; known: {sorted(losses.GAN_LOSSES)}.")
+    raise UsageError(f"config.gan.loss={gan.loss!r} is unknown; "
+                     f"known: {sorted(losses.GAN_LOSSES)}.")
   if gan.n_critic < 1 or gan.r1_every < 1:
     raise UsageError("config.gan.n_critic and config.gan.r1_every must be at least 1.")
   if not 0.0 <= gan.ema_decay < 1.0:
@@ -88,9 +89,15 @@ def ema_decay(decay: float, step: jax.Array) -> jax.Array:
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def make_train_step(models, optimizers, config):
-  generator, discriminator = models["generator"], models["discriminator"]
-  gan, latent_dim, classes = config.gan, config.model.latent_dim, num_classes(config)
+def make_discriminator(discriminator, optimizer, config):
+  """(discriminate, d_update, g_loss_of_logits): the discriminator side of `config.gan`,
+  shared by the GAN step and the VAE-GAN step.
+
+  discriminate(d_params, d_stats, x, labels, key) -> (logits, class logits, new d_stats)
+  d_update(step, (d_params, d_stats, d_opt_state), real, real_labels, fake, fake_labels, key)
+    -> (updated triple, metrics): one step on the loss, ACGAN term and penalties.
+  """
+  gan = config.gan
   acgan = config.model.get("conditioning", "none") == "acgan"
   d_loss_of_logits, g_loss_of_logits = losses.GAN_LOSSES[gan.loss]
   if gan.loss in ("non_saturating", "minimax"):
@@ -111,7 +118,7 @@ def make_train_step(models, optimizers, config):
     logits = lambda x: discriminate(d_params, d_stats, x, labels, key)[0].sum()
     return jax.grad(logits)(x)
 
-  def d_update(state, d, real, real_labels, fake, fake_labels, key):
+  def d_update(step, d, real, real_labels, fake, fake_labels, key):
     d_params, d_stats, d_opt_state = d
     b = real.shape[0]
     d_key, gp_key, r1_key, eps_key = jax.random.split(key, 4)
@@ -134,16 +141,25 @@ def make_train_step(models, optimizers, config):
         loss += gan.gradient_penalty * aux["gradient_penalty"]
       if gan.r1:
         every = gan.r1_every
-        aux["r1_penalty"] = jax.lax.cond(
-            state.step % every == 0,
-            lambda: losses.r1_penalty(input_gradients(d_params, d_stats, real, real_labels, r1_key)),
-            lambda: jnp.zeros(()))
+        r1 = lambda: losses.r1_penalty(
+            input_gradients(d_params, d_stats, real, real_labels, r1_key))
+        aux["r1_penalty"] = jax.lax.cond(step % every == 0, r1, lambda: jnp.zeros(()))
         loss += 0.5 * gan.r1 * every * aux["r1_penalty"]
       return loss, (new_stats, aux)
 
     (d_loss, (d_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
-    updates, d_opt_state = optimizers["discriminator"].update(grads, d_opt_state, d_params)
+    updates, d_opt_state = optimizer.update(grads, d_opt_state, d_params)
     return (optax.apply_updates(d_params, updates), d_stats, d_opt_state), {"d_loss": d_loss, **aux}
+
+  return discriminate, d_update, g_loss_of_logits
+
+
+def make_train_step(models, optimizers, config):
+  generator = models["generator"]
+  gan, latent_dim, classes = config.gan, config.model.latent_dim, num_classes(config)
+  acgan = config.model.get("conditioning", "none") == "acgan"
+  discriminate, d_update, g_loss_of_logits = make_discriminator(
+      models["discriminator"], optimizers["discriminator"], config)
 
   def train_step(state: TrainState, batch, rng):
     """batch["x"] [n_critic·B, ...] real examples in model space (batch["label"] [n_critic·B]
@@ -174,7 +190,7 @@ def make_train_step(models, optimizers, config):
         # gradient is pulled back through the same pass with its VJP.
         fake, generator_vjp, g_stats = jax.vjp(
             lambda p: generate(p, z, fake_labels), g_params, has_aux=True)
-      d, d_metrics = d_update(state, d, reals[:, i], None if real_labels is None else
+      d, d_metrics = d_update(state.step, d, reals[:, i], None if real_labels is None else
                               real_labels[:, i], fake, fake_labels, d_key)
     d_params, d_stats, d_opt_state = d
 
