@@ -1,6 +1,8 @@
 """Convolutional VAE on MNIST from tfds (Bernoulli likelihood on intensities; downloads on first use)."""
 import ml_collections
 
+from gen.steps import vae
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -20,9 +22,12 @@ def get_config():
       "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
       "latent_dim": 16,
       "features": (32, 64),
-      "likelihood": "bernoulli",  # Or "gaussian", with a fixed observation_std.
+      # Or "gaussian" (fixed observation_std), "gaussian_learned" or "logistic" (8-bit).
+      "likelihood": "bernoulli",
       "observation_std": 0.1,
+      "num_classes": 0,  # 10: a conditional VAE (labels to encoder and decoder).
   })
+  config.vae = vae.options()  # The plain ELBO: β 1, no KL warm-up, no free bits.
   config.optimizer = ml_collections.ConfigDict(
       {"vae": {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999}})
   # Test-split likelihood (IWAE bound, K samples), reconstructions and samples.

@@ -51,6 +51,35 @@ def scatter_plot(points, reference=None, size: int = 400, extent: float = 5.5) -
   return np.asarray(canvas)
 
 
+# Matplotlib's tab10: ten colours told apart at a glance, one per class (cycled beyond ten).
+_PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def latent_scatter(points, labels, size: int = 400, margin: int = 12) -> np.ndarray:
+  """2-D latent codes [N, 2] as dots coloured by their integer labels [N] -> uint8 RGB
+  [size, size, 3], on square axes fitted to the points (the origin's axes in grey), with a
+  legend of the labels' colours in the top-left corner."""
+  points = np.asarray(points, np.float64)
+  labels = np.asarray(labels).astype(np.int64)
+  canvas = Image.new("RGB", (size, size), "white")
+  draw = ImageDraw.Draw(canvas)
+  finite = np.all(np.isfinite(points), axis=-1)
+  extent = max(float(np.abs(points[finite]).max()) if finite.any() else 0.0, 1e-6) * 1.05
+  to_pixel = lambda v: margin + (v + extent) / (2 * extent) * (size - 1 - 2 * margin)
+  centre = to_pixel(0.0)
+  draw.line([(margin, centre), (size - 1 - margin, centre)], fill=(210, 210, 210))
+  draw.line([(centre, margin), (centre, size - 1 - margin)], fill=(210, 210, 210))
+  for (x, y), label in zip(points[finite], labels[finite]):
+    px, py = to_pixel(x), size - 1 - to_pixel(y)
+    draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=_PALETTE[label % len(_PALETTE)])
+  for row, label in enumerate(np.unique(labels)[:(size - 8) // 12]):
+    top = 4 + 12 * row
+    draw.rectangle((4, top, 12, top + 8), fill=_PALETTE[label % len(_PALETTE)])
+    draw.text((16, top - 2), str(label), fill=(0, 0, 0))
+  return np.asarray(canvas)
+
+
 def save_png(path: str, pixels: np.ndarray) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)
