@@ -1,4 +1,8 @@
-"""MLP GAN on 25 Gaussians on the grid {-4,-2,0,2,4}² (std 0.05), the mode-collapse benchmark."""
+"""MLP GAN on 25 Gaussians on the grid {-4,-2,0,2,4}² (std 0.05), the mode-collapse benchmark.
+
+Four hidden layers of 256 (three of 128 do not reach all modes), batch 512, the hinge loss
+and a generator EMA: all 25 modes and over 90% high-quality samples at step 20,000.
+"""
 import ml_collections
 
 from gen.steps import gan
@@ -7,8 +11,8 @@ from gen.steps import gan
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.batch_size = 256  # Global, over all devices.
-  config.num_steps = 10_000
+  config.batch_size = 512  # Global, over all devices; 256 misses a mode in some runs.
+  config.num_steps = 20_000
   config.log_every = 250
   config.sample_every = 2000
   config.checkpoint_every = 5000
@@ -20,11 +24,12 @@ def get_config():
       "name": "mlp_gan",
       "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
       "latent_dim": 2,
-      "hidden": (128, 128, 128),
+      "hidden": (256, 256, 256, 256),
   })
-  config.gan = gan.options()
+  config.gan = gan.options(loss="hinge", ema_decay=0.999)
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
-  config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
+  config.optimizer = ml_collections.ConfigDict(
+      {"generator": adam, "discriminator": adam, "schedule": "constant"})
   # The VEEGAN/PacGAN protocol: 2,500 samples, high quality within 3 std of a mode.
   config.eval = ml_collections.ConfigDict({
       "metrics": ("modes",), "split": "test", "num_samples": 2500, "best_metric": "high_quality"})

@@ -110,9 +110,11 @@ def load_or_train(dataset: str) -> dict:
 def save(dataset: str, params, test_accuracy: float) -> str:
   os.makedirs(CACHE_DIR, exist_ok=True)
   path = weights_path(dataset)
-  with open(path + ".tmp", "wb") as f:
+  # A name of this process's own, so that parallel test workers never share a partial file.
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f:
     f.write(serialization.to_bytes(params))
-  os.replace(path + ".tmp", path)  # Never a half-written file under the real name.
+  os.replace(tmp, path)  # Never a half-written file under the real name.
   with open(path[:-len(".msgpack")] + ".json", "w") as f:
     json.dump({"dataset": dataset, "version": VERSION, "test_accuracy": test_accuracy}, f)
   return path

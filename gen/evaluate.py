@@ -14,7 +14,7 @@ Metric groups (`config.eval.metrics`):
   inception       the same on the FID Inception's pool3 features (fid, inception_*) and its
                   Inception score; needs pytorch-fid's weights file (see gen/inception.py)
   likelihood      VAEs: ELBO and the IWAE bound on the evaluation split, nats and bits/dim
-  reconstruction  VAEs: PSNR and SSIM of reconstructions of the evaluation split
+  reconstruction  VAEs, VAE-GAN, VQ-VAE: PSNR and SSIM of reconstructions of the evaluation split
 """
 import json
 import math
@@ -28,9 +28,10 @@ from gen import UsageError, checkpoint, classifiers, data, metrics, sharding
 from gen.steps import vae as vae_steps
 
 METRIC_GROUPS = ("modes", "classifier", "inception", "likelihood", "reconstruction")
-HIGHER_IS_BETTER = {"modes", "high_quality", "classifier_score", "label_accuracy", "precision", "recall", "density",
-                    "coverage", "elbo", "psnr", "ssim", "inception_score", "inception_precision",
-                    "inception_recall", "inception_density", "inception_coverage"}
+HIGHER_IS_BETTER = {"modes", "high_quality", "classifier_score", "label_accuracy", "precision",
+                    "recall", "density", "coverage", "elbo", "psnr", "ssim", "inception_score",
+                    "inception_precision", "inception_recall", "inception_density",
+                    "inception_coverage"}
 
 
 def _batches(array, batch_size):
@@ -151,26 +152,32 @@ def make_evaluator(experiment, workdir: str | None = None):
 
   if "likelihood" in groups:
     bounds = jax.jit(vae_steps.make_bounds(experiment.models, config, config.eval.iwae_samples))
-    x = split.read(np.arange(split.num_examples))["x"]
+    examples = split.read(np.arange(split.num_examples))
+    # A conditional model's bounds are given each example's label: (x, labels) chunks.
+    inputs = (examples["x"], examples["label"]) if experiment.num_classes else (examples["x"],)
     dims = math.prod(split.shape)
 
     def likelihood(state):
       key = jax.random.fold_in(jax.random.key(config.seed), 3)
       elbo, iwae = map(np.concatenate, zip(*[
-          jax.device_get(bounds(state, chunk, jax.random.fold_in(key, i)))
-          for i, chunk in enumerate(_batches(x, 128))]))
+          jax.device_get(bounds(state, chunk[0], jax.random.fold_in(key, i), *chunk[1:]))
+          for i, chunk in enumerate(zip(*[_batches(a, 128) for a in inputs]))]))
       nll = -float(iwae.mean())
       return {"elbo": float(elbo.mean()), "nll_iwae": nll, "bits_per_dim": nll / (dims * math.log(2))}
 
     evaluations.append(likelihood)
 
   if "reconstruction" in groups:
-    reconstruct = jax.jit(vae_steps.make_reconstruct(experiment.models, config))
-    x = split.read(np.arange(split.num_examples))["x"]
+    reconstruct = jax.jit(experiment.family.make_reconstruct(experiment.models, config))
+    examples = split.read(np.arange(split.num_examples))
+    x = examples["x"]
+    # A conditional model reconstructs each example given its label: (x, labels) chunks.
+    inputs = (x, examples["label"]) if experiment.num_classes else (x,)
     to_unit = lambda images: (np.asarray(images) + 1.0) / 2.0
 
     def reconstruction(state):
-      recon = np.concatenate([np.asarray(reconstruct(state, chunk)) for chunk in _batches(x, 128)])
+      recon = np.concatenate([np.asarray(reconstruct(state, *chunk))
+                              for chunk in zip(*[_batches(a, 128) for a in inputs])])
       return {"psnr": float(np.mean(metrics.psnr(to_unit(x), to_unit(recon)))),
               "ssim": float(np.mean(metrics.ssim(to_unit(x), to_unit(recon))))}
 

@@ -15,9 +15,9 @@ from absl import logging
 from tqdm import tqdm
 
 from gen import UsageError, checkpoint, data, evaluate, models as models_lib, sharding, writers
-from gen.steps import TrainState, gan, make_optimizers, step_key, vae
+from gen.steps import TrainState, gan, make_optimizers, step_key, vae, vaegan, vqvae
 
-FAMILIES = {"gan": gan, "vae": vae}
+FAMILIES = {"gan": gan, "vae": vae, "vaegan": vaegan, "vqvae": vqvae}
 # Examples shown in sample grids (images) and scatter plots (2D points).
 _SNAPSHOT_SIZE = {"image": 64, "points": 2500}
 
@@ -127,10 +127,10 @@ def build(config, mesh=None) -> Experiment:
     raise UsageError(f"config.model.num_classes={classes}, but {dataset.name} has "
                      f"{dataset.num_classes} classes: set --config.model.num_classes="
                      f"{dataset.num_classes}.")
-  if family is gan:
+  if hasattr(family, "validate"):  # Families with an adversarial part check config.gan.
     if "gan" not in config:
-      raise UsageError("A GAN config needs config.gan (see gen.steps.gan.options).")
-    gan.validate(config)
+      raise UsageError("This model needs config.gan (see gen.steps.gan.options).")
+    family.validate(config)
   return Experiment(config, mesh, dataset, models, family, make_optimizers(config, models))
 
 
@@ -145,7 +145,9 @@ def _snapshot_batch(experiment: Experiment):
 def _write_snapshots(workdir, step, images: dict, reference, kind, writer):
   for name, values in images.items():
     values = np.asarray(values)
-    if kind == "points":
+    if name == "latent_scatter":  # A VAE's 2-D posterior means: rows (z1, z2, label).
+      pixels = writers.latent_scatter(values[:, :2], values[:, 2].round().astype(np.int64))
+    elif kind == "points":
       pixels = writers.scatter_plot(values, reference)
     else:
       pixels = writers.image_grid(values)

@@ -51,6 +51,9 @@ def tiny(config, **overrides):
   elif model.name == "resnet_gan":
     small.update({"model.generator_width": 16, "model.discriminator_width": 16,
                   "model.latent_dim": 8})
+  elif model.name == "vaegan":
+    small.update({"model.features": (8, 16), "model.discriminator_features": (8, 16),
+                  "model.latent_dim": 4})
   elif model.name == "conv_vae":
     small.update({"model.features": (8, 16), "model.latent_dim": 4})
   elif model.name == "mlp_gan":

@@ -2,10 +2,11 @@
 import jax.numpy as jnp
 
 from gen import UsageError
-from gen.models import dcgan, mlp, resnet, vae
+from gen.models import dcgan, mlp, resnet, vae, vqvae
 from gen.models.layers import CONDITIONING
 
-FAMILY = {"dcgan": "gan", "mlp_gan": "gan", "resnet_gan": "gan", "conv_vae": "vae"}
+FAMILY = {"dcgan": "gan", "mlp_gan": "gan", "resnet_gan": "gan", "vaegan": "vaegan",
+          "conv_vae": "vae", "vqvae": "vqvae"}
 
 
 def _gan_conditioning(model_config) -> dict:
@@ -64,7 +65,35 @@ def build(model_config, shape) -> dict:
         "discriminator": resnet.Discriminator(model_config.discriminator_width, dtype=dtype,
                                               **conditioning),
     }
+  if name == "vaegan":
+    # The VAE's encoder and decoder, and the GAN family's DCGAN discriminator.
+    conditioning = _gan_conditioning(model_config)
+    features = tuple(model_config.features)
+    return {
+        "encoder": vae.Encoder(model_config.latent_dim, features, dtype),
+        "generator": vae.Decoder(tuple(shape), tuple(reversed(features)), dtype),
+        "discriminator": dcgan.Discriminator(tuple(model_config.discriminator_features),
+                                             dropout=model_config.get("dropout", 0.3),
+                                             dtype=dtype, **conditioning),
+    }
   if name == "conv_vae":
+    from gen import losses  # The likelihoods' parameter counts live beside their densities.
+    likelihood = model_config.get("likelihood", "bernoulli")
+    if likelihood not in losses.LIKELIHOODS:
+      raise UsageError(f"Unknown config.model.likelihood={likelihood!r}; "
+                       f"known: {sorted(losses.LIKELIHOODS)}.")
     return {"vae": vae.VAE(tuple(shape), model_config.latent_dim, tuple(model_config.features),
-                           dtype)}
+                           dtype, num_classes=model_config.get("num_classes", 0),
+                           outputs_per_channel=losses.LIKELIHOODS[likelihood])}
+  if name == "vqvae":
+    if shape[0] % 4 or shape[1] % 4:
+      raise UsageError(f"vqvae downsamples by 4: it needs a height and width divisible by 4, "
+                       f"got {shape}.")
+    if not 0.0 < model_config.decay < 1.0:
+      raise UsageError(f"config.model.decay={model_config.decay} must be in (0, 1).")
+    return {"vqvae": vqvae.VQVAE(
+        tuple(shape), model_config.hidden, model_config.residual_blocks,
+        model_config.residual_width, model_config.embedding_dim, model_config.num_codes,
+        model_config.decay, model_config.epsilon, model_config.get("restart_threshold", 0.0),
+        dtype)}
   raise UsageError(f"Unknown config.model.name={name!r}; known: {sorted(FAMILY)}.")

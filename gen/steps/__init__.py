@@ -1,10 +1,12 @@
 """Train steps: pure `(state, batch, rng) -> (state, metrics)` functions, one module per family.
 
-Each family module (`gan`, `vae`) provides:
+Each family module (`gan`, `vae`, `vaegan`, `vqvae`) provides:
   init_state(models, optimizers, config, shape, key) -> TrainState
   make_train_step(models, optimizers, config) -> train_step(state, batch, rng)
-  make_generate(models, config) -> generate(state, key, num) -> samples in model space
+  make_generate(models, config) -> generate(state, key, labels) -> samples in model space
   make_snapshots(models, config) -> snapshots(state, batch, key) -> {name: images}
+and, where it applies, make_reconstruct(models, config) -> reconstruct(state, x), and
+validate(config) for families with an adversarial part (`config.gan`).
 """
 from typing import Any
 
