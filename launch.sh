@@ -35,13 +35,13 @@ python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
   if [[ -x .venv/bin/python ]]; then
     python=.venv/bin/python
-  elif command -v python3 >/dev/null && python3 -c "import gen.main, pytest" 2>/dev/null; then
+  elif command -v python3 >/dev/null && python3 -c "import gen.main, pytest, xdist" 2>/dev/null; then
     python=python3
   else
     python=.venv/bin/python
   fi
 fi
-if ! "$python" -c "import gen.main, pytest" 2>/dev/null; then
+if ! "$python" -c "import gen.main, pytest, xdist" 2>/dev/null; then
   echo "Installing gen and its dependencies into .venv (first use only)..." >&2
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
   python=.venv/bin/python
