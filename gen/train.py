@@ -127,9 +127,7 @@ def build(config, mesh=None) -> Experiment:
     raise UsageError(f"config.model.num_classes={classes}, but {dataset.name} has "
                      f"{dataset.num_classes} classes: set --config.model.num_classes="
                      f"{dataset.num_classes}.")
-  if hasattr(family, "validate"):  # Families with an adversarial part check config.gan.
-    if "gan" not in config:
-      raise UsageError("This model needs config.gan (see gen.steps.gan.options).")
+  if hasattr(family, "validate"):
     family.validate(config)
   return Experiment(config, mesh, dataset, models, family, make_optimizers(config, models))
 

@@ -6,7 +6,7 @@ Each family module (`gan`, `vae`, `vaegan`, `vqvae`) provides:
   make_generate(models, config) -> generate(state, key, labels) -> samples in model space
   make_snapshots(models, config) -> snapshots(state, batch, key) -> {name: images}
 and, where it applies, make_reconstruct(models, config) -> reconstruct(state, x), and
-validate(config) for families with an adversarial part (`config.gan`).
+validate(config), which raises UsageError for options that cannot work, before compiling.
 """
 from typing import Any
 

@@ -41,6 +41,8 @@ def options(**overrides) -> ml_collections.ConfigDict:
 
 def validate(config):
   """Raises UsageError for GAN options that cannot work, before anything is compiled."""
+  if "gan" not in config:
+    raise UsageError("This model needs config.gan (see gen.steps.gan.options).")
   gan = config.gan
   if gan.loss not in losses.GAN_LOSSES:
     raise UsageError(f"config.gan.loss={gan.loss!r} is unknown; "

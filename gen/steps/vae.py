@@ -43,7 +43,7 @@ def _options(config) -> ml_collections.ConfigDict:
   return config.vae if "vae" in config else options()
 
 
-def validate_options(config):
+def validate(config):
   """Raises UsageError for VAE options that cannot work, before anything is compiled."""
   vae, model = _options(config), config.model
   if model.likelihood not in losses.LIKELIHOODS:
@@ -135,7 +135,7 @@ def kl_weight(step, beta: float, warmup_steps: int) -> jax.Array:
 
 
 def init_state(models, optimizers, config, shape, key) -> TrainState:
-  validate_options(config)
+  validate(config)
   init_key, sample_key, rng = jax.random.split(key, 3)
   labels = jnp.zeros((1,), jnp.int32) if config.model.get("num_classes", 0) else None
   params, _ = init_variables(models["vae"], init_key, jnp.zeros((1, *shape)), sample_key, labels)
@@ -147,7 +147,7 @@ def make_loss(models, config):
   """loss(params, batch, rng, step) -> (loss, metrics): the objective of `config.vae` at train
   step `step`, and per-example metrics in nats: the true ELBO (analytic KL, weight 1, no free
   bits), its reconstruction and KL terms, the KL weight, and for IWAE the bound itself."""
-  validate_options(config)
+  validate(config)
   vae, options_ = models["vae"], _options(config)
   iwae = options_.objective == "iwae"
   num_samples = options_.iwae_samples if iwae else 1
