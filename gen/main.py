@@ -5,6 +5,7 @@ mistyped key fails here, before anything is built or compiled.
 """
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 
@@ -17,11 +18,16 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "--mode=sample: how many samples.")
 _LABELS = flags.DEFINE_list("labels", None, "--mode=sample, conditional models: the classes "
                             "to sample, in turn (e.g. 0,1,2); default: every class in turn.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process runs started by hand: HOST:PORT of process 0, "
+    "the same for every process (SLURM and Cloud TPU are detected without it).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this one's index.")
 _OUTPUT = flags.DEFINE_string("output", None,
                               "--mode=sample: the .npz to write (default <workdir>/samples.npz).")
 
 REQUIRED_KEYS = ("seed", "batch_size", "num_steps", "log_every", "sample_every",
-                 "checkpoint_every", "eval_every")
+                 "checkpoint_every", "eval_every", "keep_checkpoints", "max_nonfinite_steps")
 
 
 def main(argv):
@@ -35,9 +41,10 @@ def main(argv):
   if _WORKDIR.value is None:
     cli.fail("--workdir is required.")
 
-  from gen import UsageError, evaluate, train  # Imported late so that flag errors come before JAX starts.
-  cli.enable_compilation_cache()
+  from gen import UsageError, evaluate, sharding, train  # Late: flag errors come before JAX starts.
   try:
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    cli.enable_compilation_cache()
     if _MODE.value == "train":
       logging.info("Config:\n%s", config)
       train.train(config, _WORKDIR.value)
@@ -55,6 +62,9 @@ def main(argv):
       print(json.dumps(results, indent=2))
   except UsageError as e:
     cli.fail(str(e))
+  except train.Stopped as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

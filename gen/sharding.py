@@ -3,6 +3,8 @@
 Params and optimizer states are replicated; batches are split along their leading
 axis. The same code runs on 1 CPU, 8 GPUs or a multi-host TPU pod.
 """
+import importlib.util
+import os
 from collections.abc import Sequence
 
 import jax
@@ -12,6 +14,40 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gen import UsageError
 
 DATA_AXIS = "data"
+
+
+def detected_cluster() -> str | None:
+  """The multi-process cluster this process was started in, if any: SLURM (srun with more
+  than one task) or a Cloud TPU VM (one process per host of a pod slice)."""
+  in_srun_step = "SLURM_STEP_NODELIST" in os.environ and "SLURM_PROCID" in os.environ
+  if in_srun_step and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return "SLURM"
+  on_tpu_vm = os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
+  if on_tpu_vm and importlib.util.find_spec("libtpu") is not None:
+    return "Cloud TPU"
+  return None
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Starts JAX's distributed runtime when this is one process of several; a no-op otherwise.
+
+  Explicit: all three arguments (every process gets the same coordinator address, host:port
+  of process 0, and its own process id). Otherwise detected on SLURM and Cloud TPU, where
+  `jax.distributed.initialize()` reads the cluster's own variables. Must run before any JAX
+  computation.
+  """
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(value is not None for value in explicit):
+    if any(value is None for value in explicit):
+      raise UsageError("A multi-process run needs all of --coordinator_address=HOST:PORT, "
+                       "--num_processes=N and --process_id=I (0 <= I < N).")
+    if not 0 <= process_id < num_processes:
+      raise UsageError(f"--process_id={process_id} must be in [0, {num_processes}).")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif detected_cluster() is not None:
+    jax.distributed.initialize()
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -1,0 +1,92 @@
+"""Two processes on JAX's distributed runtime train like one process with all their devices."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from conftest import ROOT, cli_env, load_config, override
+from gen import checkpoint, sharding, train
+
+STEPS = 20
+OVERRIDES = {"num_steps": STEPS, "batch_size": 16, "log_every": 10, "sample_every": 10,
+             "checkpoint_every": 10, "model.generator_features": (16, 8, 8),
+             "model.discriminator_features": (8, 16)}
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_all_devices(tmp_path):
+  port = free_port()
+  args = [f"--config.{key}={value}".replace(" ", "") for key, value in OVERRIDES.items()]
+  processes = [
+      subprocess.Popen(
+          [sys.executable, "-m", "gen.main", "--config=experiments/dcgan_digits.py", *args,
+           f"--workdir={tmp_path / 'two'}", f"--coordinator_address=127.0.0.1:{port}",
+           "--num_processes=2", f"--process_id={i}"],
+          cwd=ROOT, env=cli_env(num_devices=4), stdout=subprocess.DEVNULL,
+          stderr=open(tmp_path / f"process_{i}.log", "w"), start_new_session=True)
+      for i in range(2)]
+  try:
+    codes = [p.wait(timeout=400) for p in processes]
+  finally:  # Whatever happened, no process outlives the test.
+    for p in processes:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+  logs = [(tmp_path / f"process_{i}.log").read_text()[-3000:] for i in range(2)]
+  assert codes == [0, 0], logs
+  # Only process 0 writes logs and samples; both took part in the checkpoints.
+  assert [r.split(",")[0] for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+          ] == ['{"step": 10', '{"step": 20']
+  assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["10", "20"]
+
+  config = override(load_config("dcgan_digits"), OVERRIDES)
+  mesh = sharding.make_mesh()
+  assert mesh.devices.size == 8
+  one = train.train(config, str(tmp_path / "one"), mesh)
+  experiment = train.build(config, mesh)
+  restored = checkpoint.Checkpointer(str(tmp_path / "two" / "checkpoints"))
+  two, _ = restored.restore(experiment.abstract_state())
+  restored.close()
+  assert int(two.step) == int(one.step) == STEPS
+  for a, b in zip(jax.tree.leaves(jax.device_get(two.params)),
+                  jax.tree.leaves(jax.device_get(one.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+  port = free_port()
+  processes = [
+      subprocess.Popen(
+          [sys.executable, "-m", "gen.main", "--config=experiments/gan_ring2d.py",
+           "--config.num_steps=10000000", "--config.batch_size=16", "--config.log_every=100",
+           "--config.checkpoint_every=100000", "--config.model.hidden=(16,16)",
+           f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{port}",
+           "--num_processes=2", f"--process_id={i}"],
+          cwd=ROOT, env=cli_env(num_devices=2), stdout=subprocess.DEVNULL,
+          stderr=subprocess.PIPE, text=True, start_new_session=True)
+      for i in range(2)]
+  try:
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
+      time.sleep(0.1)
+    processes[1].send_signal(signal.SIGTERM)  # As a preempted host receives it.
+    outputs = [p.communicate(timeout=300)[1] for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+  assert [p.returncode for p in processes] == [143, 143], [o[-3000:] for o in outputs]
+  steps = {o.split("Stopped by SIGTERM after step ")[1].split(";")[0] for o in outputs}
+  assert len(steps) == 1, outputs  # Both stopped at the same step...
+  assert os.listdir(tmp_path / "checkpoints") == list(steps)  # ...and saved it together.
