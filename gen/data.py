@@ -88,18 +88,38 @@ def mixture(name: str, split: str) -> Dataset:
   return _in_memory(name, "points", x, labels, len(means))
 
 
-def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
-  """An image dataset from tensorflow-datasets, read with `tfds.data_source` (no TensorFlow)."""
-  import tensorflow_datasets as tfds
+def _reachable(url: str = "https://storage.googleapis.com", timeout: float = 5.0) -> bool:
+  """Whether tfds's download host answers (through any proxy the environment sets)."""
+  import urllib.request
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
-  except Exception as e:  # tfds raises many types: missing files, no network, bad names.
-    raise UsageError(
-        f"Could not open the tfds dataset '{name}' (split '{split}', data_dir={data_dir!r}): "
-        f"{type(e).__name__}: {e}\nThe first use downloads and prepares it, which needs the "
-        f"network; on an offline machine prepare it elsewhere (`tfds build {name}`) and pass "
-        f"--config.dataset.data_dir=DIR, or use an offline dataset (digits, ring2d, grid2d)."
-    ) from e
+    urllib.request.urlopen(url, timeout=timeout).close()
+    return True
+  except Exception:  # Any failure to connect means the download would fail too.
+    return False
+
+
+def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
+  """An image dataset from tensorflow-datasets, read with `tfds.data_source` (no TensorFlow).
+
+  A dataset not yet prepared in `data_dir` is downloaded and prepared when the network is
+  reachable; offline, the error comes at once instead of after tfds's download retries.
+  """
+  import tensorflow_datasets as tfds
+  fix = (f"The first use downloads and prepares it, which needs the network; on an offline "
+         f"machine prepare it elsewhere (`tfds build {name}`) and pass "
+         f"--config.dataset.data_dir=DIR, or use an offline dataset (digits, ring2d, grid2d).")
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as not_prepared:  # tfds raises many types: missing files, bad names.
+    if not _reachable():
+      raise UsageError(f"The tfds dataset '{name}' (split '{split}') is not prepared in "
+                       f"data_dir={data_dir!r} ({type(not_prepared).__name__}: {not_prepared}), "
+                       f"and the network is unreachable.\n{fix}") from not_prepared
+    try:
+      source = tfds.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:
+      raise UsageError(f"Could not open the tfds dataset '{name}' (split '{split}', "
+                       f"data_dir={data_dir!r}): {type(e).__name__}: {e}\n{fix}") from e
   first = source[0]
   shape = tuple(first["image"].shape)
   num_classes = 0
