@@ -18,6 +18,7 @@ def get_config():
   config.checkpoint_every = 5000
   config.eval_every = 5000
   config.keep_checkpoints = 3
+  config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
 
   config.dataset = ml_collections.ConfigDict({"name": "grid2d", "split": "train"})
   config.model = ml_collections.ConfigDict({

@@ -6,10 +6,15 @@ checkpoints and the data iterator.
 import dataclasses
 import functools
 import os
+import signal
+import sys
+import tempfile
+import threading
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from tqdm import tqdm
@@ -58,19 +63,28 @@ class Experiment:
     """The train step compiled once for the mesh: `(state, batch) -> (state, metrics)`.
 
     The step's key is derived from the state, the state is donated, and the batch is
-    split over the `data` axis while everything else is replicated.
+    split over the `data` axis while everything else is replicated. A step whose losses or
+    updated state are not finite keeps the previous state (only the step count advances,
+    so the next step draws new noise and data) and reports `update_skipped` = 1.
     """
     train_step = self.family.make_train_step(self.models, self.optimizers, self.config)
     replicated, batched = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
     size = self.step_batch_size
     batch = {"x": jax.ShapeDtypeStruct((size, *self.dataset.shape), np.float32, sharding=batched),
              "label": jax.ShapeDtypeStruct((size,), np.int32, sharding=batched)}
-    return jax.jit(
-        lambda state, batch: train_step(state, batch, step_key(state)),
-        in_shardings=(replicated, batched),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    ).lower(state, batch).compile()
+
+    def guarded_step(state, batch):
+      new, metrics = train_step(state, batch, step_key(state))
+      learned = lambda s: (s.params, s.batch_stats, s.opt_state, s.ema)
+      finite = all_finite((metrics, learned(new)))
+      keep = lambda updated, previous: jnp.where(finite, updated, previous)
+      params, batch_stats, opt_state, ema = jax.tree.map(keep, learned(new), learned(state))
+      new = new.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema)
+      return new, {**metrics, "update_skipped": 1.0 - finite.astype(np.float32)}
+
+    return jax.jit(guarded_step, in_shardings=(replicated, batched),
+                   out_shardings=(replicated, replicated), donate_argnums=0,
+                   ).lower(state, batch).compile()
 
   def compile_generate(self):
     """generate(state, key, labels) -> [len(labels), ...] in model space; each device makes
@@ -106,6 +120,13 @@ class Experiment:
       return np.concatenate(chunks)[:num]
 
     return samples
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite (a bool scalar)."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
 
 
 def flops_per_step(compiled) -> float:
@@ -154,9 +175,77 @@ def _write_snapshots(workdir, step, images: dict, reference, kind, writer):
     writer.write_image(step, name, pixels)
 
 
+class Stopped(Exception):
+  """The run stopped before `num_steps`: a signal, or too many non-finite steps in a row.
+  The message names the step and the checkpoint to resume from; `exit_code` is the
+  process's exit status."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+class _StopSignals:
+  """SIGTERM and SIGINT ask the loop to stop after the current step; a second one exits at once.
+
+  Only in a single process's main thread: a multi-process run stops on SIGTERM through JAX's
+  preemption sync point instead, which makes every process stop at the same step.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame):
+    name = signal.Signals(signum).name
+    if self.received is not None:
+      print(f"{name} again: exiting at once, without a checkpoint.", file=sys.stderr, flush=True)
+      os._exit(128 + signum)
+    self.received = signum
+    logging.warning("%s: stopping after this step and writing a checkpoint (send it again to "
+                    "exit at once).", name)
+
+  def stop_requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.received = signal.SIGTERM
+    return self.received is not None
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates `workdir` if needed and checks that this process can write to it."""
+  if jax.process_index() != 0:
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise UsageError(f"--workdir={workdir} cannot be written ({type(e).__name__}: {e.strerror or e})"
+                     f": choose a directory you can write to, e.g. --workdir=runs/<experiment>."
+                     ) from e
+
+
 def train(config, workdir: str, mesh=None) -> TrainState:
-  """Trains to `config.num_steps`, resuming from the latest checkpoint in `workdir`."""
+  """Trains to `config.num_steps`, resuming from the latest checkpoint in `workdir`.
+
+  Raises `Stopped` when a signal or `config.max_nonfinite_steps` non-finite steps in a row
+  end the run early.
+  """
   experiment = build(config, mesh)
+  prepare_workdir(workdir)
   mesh = experiment.mesh
   replicated = sharding.replicated(mesh)
   checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -169,7 +258,6 @@ def train(config, workdir: str, mesh=None) -> TrainState:
     state = experiment.init_state()
   start = int(state.step)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   if start >= config.num_steps:
@@ -188,45 +276,59 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   snapshot_key = jax.random.fold_in(jax.random.key(config.seed), 0)
   reference = np.asarray(snapshot_batch["x"]) if experiment.dataset.kind == "points" else None
 
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir, resume_step=start)
   evaluator = None  # Built at the first evaluation: it loads data and a feature extractor.
   best = evaluate.BestCheckpoint(workdir, config.eval.get("best_metric"))
   batches = data.DeviceIterator(experiment.dataset, experiment.step_batch_size, config.seed, mesh,
                                 data_state)
   progress = tqdm(total=config.num_steps, initial=start, disable=jax.process_index() != 0,
                   dynamic_ncols=True, mininterval=1.0)
+  nonfinite = _NonFiniteSteps(config.max_nonfinite_steps)
+  saved_step = start if checkpointer.latest_step() == start else None
   # Throughput counts the steps' time only: samples, checkpoints and evaluations are not steps.
   window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
   try:
-    for step in range(start + 1, config.num_steps + 1):
-      state, metrics = compiled_step(state, next(batches))
-      window_steps += 1
-      progress.update(1)
-      if step % config.log_every == 0 or step == config.num_steps:
-        metrics = jax.device_get(metrics)  # The loop's only host sync, every log_every steps.
-        seconds = time.perf_counter() - window_start - window_pauses
-        throughput = {
-            "images_per_sec": window_steps * experiment.step_batch_size / seconds,
-            "gflops_per_sec": window_steps * step_flops / seconds / 1e9,
-        }
-        writer.write_scalars(step, {**metrics, **throughput})
-        progress.set_postfix({k: f"{float(v):.3g}" for k, v in {**metrics, **throughput}.items()},
-                             refresh=False)
-        window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
-      pause_start = time.perf_counter()
-      if step % config.sample_every == 0 or step == config.num_steps:
-        images = jax.device_get(snapshots(state, snapshot_batch, snapshot_key))
-        if jax.process_index() == 0:
-          _write_snapshots(workdir, step, images, reference, experiment.dataset.kind, writer)
-      if step % config.checkpoint_every == 0 or step == config.num_steps:
-        checkpointer.save(step, state, batches.state)
-      if config.eval.metrics and step % config.eval_every == 0:
-        evaluator = evaluator or evaluate.make_evaluator(experiment, workdir)
-        results = evaluator(state)
-        evaluate.write(workdir, step, results)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-        best.update(step, state, batches.state, results)
-      window_pauses += time.perf_counter() - pause_start
+    with _StopSignals() as signals:
+      for step in range(start + 1, config.num_steps + 1):
+        state, metrics = compiled_step(state, next(batches))
+        window_steps += 1
+        progress.update(1)
+        nonfinite.check(step, metrics.pop("update_skipped"), checkpointer)  # Of the step before.
+        if step % config.log_every == 0 or step == config.num_steps:
+          metrics = jax.device_get(metrics)  # With the line above, the loop's only host syncs.
+          nonfinite.flush(checkpointer)
+          seconds = time.perf_counter() - window_start - window_pauses
+          throughput = {
+              "images_per_sec": window_steps * experiment.step_batch_size / seconds,
+              "gflops_per_sec": window_steps * step_flops / seconds / 1e9,
+              "skipped_steps": nonfinite.total,
+          }
+          writer.write_scalars(step, {**metrics, **throughput})
+          progress.set_postfix({k: f"{float(v):.3g}" for k, v in {**metrics, **throughput}.items()},
+                               refresh=False)
+          window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
+        pause_start = time.perf_counter()
+        if step % config.sample_every == 0 or step == config.num_steps:
+          images = jax.device_get(snapshots(state, snapshot_batch, snapshot_key))
+          if jax.process_index() == 0:
+            _write_snapshots(workdir, step, images, reference, experiment.dataset.kind, writer)
+        stop = signals.stop_requested(step)
+        if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
+          checkpointer.save(step, state, batches.state)
+          saved_step = step
+        if config.eval.metrics and step % config.eval_every == 0 and not stop:
+          evaluator = evaluator or evaluate.make_evaluator(experiment, workdir)
+          results = evaluator(state)
+          evaluate.write(workdir, step, results)
+          writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+          best.update(step, state, batches.state, results)
+        window_pauses += time.perf_counter() - pause_start
+        if stop:
+          checkpointer.wait()
+          name = signal.Signals(signals.received).name
+          raise Stopped(f"Stopped by {name} after step {step}; the checkpoint "
+                        f"{checkpointer.path(saved_step)} holds it. Run the same command to "
+                        f"resume from there.", 128 + signals.received)
   finally:
     best.close()
     progress.close()
@@ -237,17 +339,60 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   return state
 
 
+class _NonFiniteSteps:
+  """Counts skipped (non-finite) steps from the train step's `update_skipped` metric, and
+  stops the run after `limit` in a row.
+
+  Each step's flag is read one step late, once the next step is queued, so the device is
+  never left idle waiting for the host.
+  """
+
+  def __init__(self, limit: int):
+    self.limit, self.total, self.in_a_row = limit, 0, 0
+    self._pending = None
+
+  def check(self, step: int, update_skipped, checkpointer) -> None:
+    self.flush(checkpointer)
+    self._pending = (step, update_skipped)
+
+  def flush(self, checkpointer) -> None:
+    """Counts the step still pending."""
+    if self._pending is None:
+      return
+    (step, update_skipped), self._pending = self._pending, None
+    if not float(update_skipped):
+      self.in_a_row = 0
+      return
+    self.total += 1
+    self.in_a_row += 1
+    logging.warning("Step %d: non-finite loss or update; the update was skipped (%d in a row, "
+                    "%d in all).", step, self.in_a_row, self.total)
+    if self.in_a_row >= self.limit:
+      checkpointer.wait()
+      last = checkpointer.latest_step()
+      where = (f"the last good checkpoint is {checkpointer.path(last)} (step {last})"
+               if last is not None else "no checkpoint was written")
+      raise Stopped(
+          f"Stopped at step {step}: {self.in_a_row} steps in a row (from step "
+          f"{step - self.in_a_row + 1}) had a non-finite loss or update, and "
+          f"config.max_nonfinite_steps={self.limit}; {where}. Checkpoints hold only finite "
+          f"states. Lower the learning rate or check the data, then resume with the same command.",
+          1)
+
+
 def restore_latest(experiment: Experiment, workdir: str) -> TrainState:
   """The train state of the latest checkpoint in `workdir`, placed on the experiment's mesh."""
-  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  directory = os.path.join(workdir, "checkpoints")
+  checkpointer = checkpoint.Checkpointer(directory) if os.path.isdir(directory) else None
   try:
-    if checkpointer.latest_step() is None:
+    if checkpointer is None or checkpointer.latest_step() is None:
       raise UsageError(
-          f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
-          f"(--mode=train with the same --workdir), or point --workdir at a trained run.")
+          f"No checkpoint in {directory}: train first (--mode=train with the same --workdir), "
+          f"or point --workdir at a trained run.")
     state, _ = checkpointer.restore(experiment.abstract_state())
   finally:
-    checkpointer.close()
+    if checkpointer is not None:
+      checkpointer.close()
   return state
 
 

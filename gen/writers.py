@@ -85,16 +85,34 @@ def save_png(path: str, pixels: np.ndarray) -> None:
   Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)
 
 
+def _logged_step(line: str) -> float:
+  """The step of one metrics.jsonl line; a line cut short by a kill counts as after any step."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError):
+    return math.inf
+
+
 class MetricWriter:
   """Scalars to metrics.jsonl, TensorBoard event files and the log; images to TensorBoard."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resume_step: int = 0):
+    """Appends to the workdir's metrics.jsonl, first dropping records after `resume_step`:
+    a run killed after its last checkpoint logged steps that the resumed run logs again."""
     self._enabled = jax.process_index() == 0
     if not self._enabled:
       return
     from tensorboardX import SummaryWriter  # Writes event files without TensorFlow.
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = f.readlines()
+      kept = [line for line in lines if _logged_step(line) <= resume_step]
+      if len(kept) < len(lines):
+        with open(path, "w") as f:
+          f.writelines(kept)
+    self._jsonl = open(path, "a")
     self._tensorboard = SummaryWriter(workdir)
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:

@@ -1,0 +1,227 @@
+"""Faults a long run meets: signals, kill -9, damaged checkpoints and non-finite steps."""
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, cli_env, load_config, tiny
+from gen import UsageError, checkpoint, data, sharding, train
+
+# gan_grid2d has a linear learning-rate decay and generator EMA, so a resume must restore
+# the schedule's count, the EMA weights, the RNG and the data position to match bitwise.
+GRID_ARGS = ["--config=experiments/gan_grid2d.py", "--config.batch_size=16",
+             "--config.log_every=50", "--config.checkpoint_every=50",
+             "--config.sample_every=100000", "--config.eval_every=100000",
+             "--config.model.hidden=(16,16)"]
+
+
+def launch(workdir, num_steps, **kwargs):
+  return subprocess.Popen(
+      [sys.executable, "-m", "gen.main", *GRID_ARGS, f"--config.num_steps={num_steps}",
+       f"--workdir={workdir}"], cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+def finish(process, timeout=300):
+  try:
+    _, stderr = process.communicate(timeout=timeout)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
+  return process.returncode, stderr
+
+
+def wait_for_checkpoint(workdir, process, timeout=120):
+  """Returns once `workdir` holds a finished checkpoint (while `process` still runs)."""
+  deadline = time.monotonic() + timeout
+  checkpoints = workdir / "checkpoints"
+  while time.monotonic() < deadline and process.poll() is None:
+    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"no checkpoint appeared; exit code {process.poll()}")
+
+
+def final_state(workdir, config_name="gan_grid2d", **overrides):
+  experiment = train.build(tiny(load_config(config_name), **overrides),
+                           sharding.make_mesh(jax.devices()[:1]))
+  checkpointer = checkpoint.Checkpointer(str(workdir / "checkpoints"))
+  try:
+    state, data_state = checkpointer.restore(experiment.abstract_state())
+  finally:
+    checkpointer.close()
+  return jax.device_get(state), data_state
+
+
+def assert_states_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(x, y)
+
+
+def logged_steps(workdir):
+  return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(sig, tmp_path):
+  process = launch(tmp_path, num_steps=10**7)
+  wait_for_checkpoint(tmp_path, process)
+  process.send_signal(sig)
+  code, stderr = finish(process)
+  assert code == 128 + sig, stderr[-3000:]
+  assert f"Stopped by {signal.Signals(sig).name} after step" in stderr and "Traceback" not in stderr
+  stopped_at = int(stderr.split("after step ")[1].split(";")[0])
+  assert f"checkpoints/{stopped_at} holds it" in stderr
+  state, _ = final_state(tmp_path)
+  assert int(state.step) == stopped_at and stopped_at % 50 != 0  # Saved off the schedule.
+
+  code, stderr = finish(launch(tmp_path, num_steps=stopped_at + 7))
+  assert code == 0, stderr[-3000:]
+  assert f"Resumed from {tmp_path} at step {stopped_at}" in stderr
+  assert int(final_state(tmp_path)[0].step) == stopped_at + 7
+
+
+def test_a_second_signal_exits_at_once(monkeypatch):
+  exits = []
+  monkeypatch.setattr(os, "_exit", exits.append)
+  with train._StopSignals() as signals:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert signals.stop_requested(1) and not exits
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert exits == [128 + signal.SIGTERM]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Restored on leaving the loop.
+
+
+def test_kill_9_at_a_random_moment_resumes_bitwise(tmp_path):
+  seed = random.randrange(10**6)
+  delay = random.Random(seed).uniform(0.0, 2.0)
+  num_steps = 1200
+  process = launch(tmp_path / "killed", num_steps)
+  wait_for_checkpoint(tmp_path / "killed", process)
+  time.sleep(delay)
+  process.kill()
+  code, _ = finish(process)
+  assert code == -signal.SIGKILL, f"the run ended before the kill (seed {seed})"
+  code, stderr = finish(launch(tmp_path / "killed", num_steps))
+  assert code == 0, stderr[-3000:]
+  code, stderr = finish(launch(tmp_path / "straight", num_steps))
+  assert code == 0, stderr[-3000:]
+
+  resumed, resumed_data = final_state(tmp_path / "killed")
+  straight, straight_data = final_state(tmp_path / "straight")
+  assert int(resumed.step) == num_steps, f"seed {seed}"
+  assert_states_equal(resumed, straight)  # Params, Adam moments and count, EMA, RNG.
+  assert resumed_data == straight_data
+  assert logged_steps(tmp_path / "killed") == list(range(50, num_steps + 1, 50)), f"seed {seed}"
+
+
+def truncate_checkpoint(path):
+  for root, _, files in os.walk(path):
+    for name in files:
+      file = os.path.join(root, name)
+      with open(file, "r+b") as f:
+        f.truncate(os.path.getsize(file) // 2)
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, single_device_mesh,
+                                                                    caplog):
+  config = lambda steps: tiny(load_config("gan_ring2d"), num_steps=steps, checkpoint_every=2,
+                              keep_checkpoints=2)
+  train.train(config(4), str(tmp_path / "damaged"), single_device_mesh)
+  truncate_checkpoint(tmp_path / "damaged" / "checkpoints" / "4")
+
+  resumed = train.train(config(8), str(tmp_path / "damaged"), single_device_mesh)
+  assert "cannot be read" in caplog.text and "trying the previous one" in caplog.text
+  straight = train.train(config(8), str(tmp_path / "straight"), single_device_mesh)
+  assert_states_equal(jax.device_get(resumed), jax.device_get(straight))
+  # The damaged step is kept aside, not counted among the two kept, and not deleted.
+  assert sorted(os.listdir(tmp_path / "damaged" / "checkpoints")) == ["6", "8"]
+  assert os.listdir(tmp_path / "damaged" / "checkpoints_unreadable") == ["4"]
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path, single_device_mesh):
+  config = tiny(load_config("gan_ring2d"), num_steps=2, checkpoint_every=2)
+  train.train(config, str(tmp_path), single_device_mesh)
+  truncate_checkpoint(tmp_path / "checkpoints" / "2")
+  with pytest.raises(UsageError, match=r"(?s)No readable checkpoint.*step 2.*new --workdir"):
+    train.train(config, str(tmp_path), single_device_mesh)
+  assert os.listdir(tmp_path / "checkpoints_unreadable") == ["2"]
+
+
+def poisoned(dataset, bad):
+  """`dataset` with NaN examples at the indices where `bad(indices)` is true."""
+  def read(idx):
+    batch = dataset.read(idx)
+    rows = bad(np.asarray(idx)).reshape(-1, *[1] * (batch["x"].ndim - 1))
+    batch["x"] = np.where(rows, np.nan, batch["x"])
+    return batch
+  return dataclasses.replace(dataset, read=read)
+
+
+def test_a_non_finite_step_keeps_the_state_and_advances_the_step(single_device_mesh):
+  experiment = train.build(tiny(load_config("dcgan_digits")), single_device_mesh)
+  before = jax.device_get(experiment.init_state())
+  # Copies: the step donates its input state, and device_get leaves the key on the device.
+  fresh = lambda: jax.device_put(jax.tree.map(lambda x: x.copy(), before),
+                                 sharding.replicated(single_device_mesh))
+  step = experiment.compile_train_step(fresh())
+  batch = experiment.dataset.read(np.arange(experiment.step_batch_size))
+  batch["x"][3] = np.nan
+  after, metrics = step(fresh(), sharding.shard_batch(batch, single_device_mesh))
+  assert float(metrics["update_skipped"]) == 1.0 and not np.isfinite(float(metrics["d_loss"]))
+  assert int(after.step) == int(before.step) + 1
+  assert_states_equal(jax.device_get(after.replace(step=before.step)), before)
+
+  batch["x"][3] = 0.0
+  after, metrics = step(fresh(), sharding.shard_batch(batch, single_device_mesh))
+  assert float(metrics["update_skipped"]) == 0.0
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                                         jax.device_get(after.params), before.params))
+  assert all(changed)
+
+
+def test_sporadic_non_finite_batches_are_skipped_and_counted(tmp_path, single_device_mesh,
+                                                             monkeypatch):
+  bad = lambda idx: idx % 41 == 0  # About a third of the batches of 16 hold a NaN point.
+  load = data.load
+  monkeypatch.setattr(data, "load", lambda *a, **k: poisoned(load(*a, **k), bad))
+  config = tiny(load_config("gan_ring2d"), num_steps=30, log_every=30, max_nonfinite_steps=30)
+  state = train.train(config, str(tmp_path), single_device_mesh)
+
+  # Which steps had a NaN point: the same batches' indices, drawn apart from the loop.
+  indices = iter(data.batch_dataset(dataclasses.replace(
+      data.mixture("ring2d", "train"), read=lambda idx: {"idx": idx}), 16, config.seed))
+  expected = sum(bool(bad(next(indices)["idx"]).any()) for _ in range(30))
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert 0 < expected < 30 and record["skipped_steps"] == expected
+  assert int(state.step) == 30
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_naming_the_last_good_checkpoint(
+    tmp_path, single_device_mesh, monkeypatch):
+  config = lambda steps: tiny(load_config("gan_ring2d"), num_steps=steps, checkpoint_every=4,
+                              max_nonfinite_steps=3)
+  good = train.train(config(4), str(tmp_path), single_device_mesh)
+
+  load = data.load
+  monkeypatch.setattr(data, "load", lambda *a, **k: poisoned(load(*a, **k), lambda i: i >= 0))
+  with pytest.raises(train.Stopped) as stopped:
+    train.train(config(20), str(tmp_path), single_device_mesh)
+  message = str(stopped.value)
+  assert stopped.value.exit_code == 1
+  assert "Stopped at step 7: 3 steps in a row (from step 5)" in message
+  assert "max_nonfinite_steps=3" in message and "checkpoints/4 (step 4)" in message
+  assert os.listdir(tmp_path / "checkpoints") == ["4"]  # Nothing written from the bad steps.
+  assert_states_equal(final_state(tmp_path, "gan_ring2d")[0], jax.device_get(good))
