@@ -3,6 +3,9 @@
 #   ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample|eval] [--config.KEY=VALUE ...]
 #   ./launch.sh test [pytest args]
 #   ./launch.sh bench <experiment> [--batch_size=B] [--steps=N] [--json]
+# Several processes (README, "Running at scale"): the same command in each; JAX finds its peers
+# under SLURM (`srun ./launch.sh <experiment> ...`) and on Cloud TPU VMs (`--worker=all`), or
+# add --coordinator_address=HOST:PORT --num_processes=N --process_id=I by hand.
 # Uses the Python that can already import gen (e.g. Colab, an activated env); otherwise
 # creates .venv beside this script on first use and installs gen into it.
 set -euo pipefail
