@@ -15,6 +15,7 @@ from absl import logging
 from tqdm import tqdm
 
 from gen import UsageError, checkpoint, data, evaluate, models as models_lib, sharding, writers
+from gen import report
 from gen.steps import TrainState, gan, make_optimizers, step_key, vae, vaegan, vqvae
 
 FAMILIES = {"gan": gan, "vae": vae, "vaegan": vaegan, "vqvae": vqvae}
@@ -234,6 +235,8 @@ def train(config, workdir: str, mesh=None) -> TrainState:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
+  if jax.process_index() == 0:
+    logging.info("Report: %s", report.write_report(workdir)[-1])
   return state
 
 

@@ -2,11 +2,13 @@
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from test_cli import config_args, run
 
 from gen import UsageError, report
 
@@ -113,3 +115,24 @@ def test_no_metrics_is_a_usage_error(tmp_path):
     report.write_report(str(tmp_path))
   assert not (tmp_path / "summary.md").exists()
 
+
+def test_training_writes_the_report_and_report_mode_rewrites_it(tmp_path):
+  workdir = tmp_path / "run"
+  args = [*config_args("dcgan_digits"), f"--workdir={workdir}"]
+  result = run(args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = {"summary.md", "report/losses.png", "report/samples.png"}
+  assert all((workdir / name).exists() for name in written)
+  assert "Final step: 6 of 6" in (workdir / "summary.md").read_text()
+
+  shutil.rmtree(workdir / "report")
+  os.remove(workdir / "summary.md")
+  shutil.rmtree(workdir / "checkpoints")  # The report needs none.
+  result = run([*args, "--mode=report"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip() == str(workdir / "summary.md")
+  assert all((workdir / name).exists() for name in written)
+
+  result = run([*config_args("dcgan_digits"), f"--workdir={tmp_path / 'empty'}", "--mode=report"])
+  assert result.returncode != 0 and "train first" in result.stderr
+  assert "Traceback" not in result.stderr
