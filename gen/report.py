@@ -120,11 +120,12 @@ def plot_metrics(evals: dict[int, dict[str, float]]):
                      "evaluation")
 
 
-def plot_image(pixels, title: str | None = None, scale: float = 0.04):
-  """A uint8 image [H, W, C] (a writers.image_grid) -> a Figure showing it pixel for pixel."""
+def plot_image(pixels, title: str | None = None, inches_per_pixel: float = 0.015):
+  """A uint8 image [H, W, C] (a writers.image_grid) -> a Figure showing it, pixels as squares."""
   from matplotlib.figure import Figure
   height, width = pixels.shape[:2]
-  figure = Figure(figsize=(max(width * scale, 2), max(height * scale, 2) + (0.3 if title else 0)),
+  size = lambda pixels: min(max(pixels * inches_per_pixel, 2.0), 10.0)
+  figure = Figure(figsize=(size(width), size(height) + (0.3 if title else 0.0)),
                   layout="constrained")
   ax = figure.add_subplot()
   ax.imshow(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels, cmap="gray",
