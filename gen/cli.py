@@ -1,4 +1,6 @@
-"""The command line shared by gen's programs: the locked `--config` flag and its errors."""
+"""The command line shared by gen's programs: the locked `--config` flag and its errors, and
+the experiments' configs by name (for notebooks and scripts)."""
+import importlib.util
 import os
 import sys
 
@@ -14,12 +16,37 @@ def fail(message: str):
   sys.exit(2)
 
 
-def experiments() -> list[str]:
-  """The experiment names: the config files in experiments/."""
-  if not os.path.isdir("experiments"):
+def experiments(directory: str = "experiments") -> list[str]:
+  """The experiment names: the config files in `directory`."""
+  if not os.path.isdir(directory):
     return []
-  return sorted(f[:-3] for f in os.listdir("experiments")
+  return sorted(f[:-3] for f in os.listdir(directory)
                 if f.endswith(".py") and not f.startswith("_"))
+
+
+def experiments_dir() -> str:
+  """experiments/ of the checkout gen is imported from (an editable install, PYTHONPATH),
+  else experiments/ of the working directory."""
+  checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "experiments")
+  return checkout if os.path.isdir(checkout) else os.path.abspath("experiments")
+
+
+def load_config(name: str):
+  """experiments/<name>.py's config, locked as --config locks it: values are changed by
+  assignment (`config.num_steps = 500`), and a mistyped key raises at once."""
+  from gen import UsageError
+  directory = experiments_dir()
+  if name not in experiments(directory):
+    raise UsageError(f"unknown experiment {name!r} in {directory}. Experiments: "
+                     f"{', '.join(experiments(directory))}.")
+  spec = importlib.util.spec_from_file_location(f"experiments.{name}",
+                                                os.path.join(directory, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.lock()
+  return config
 
 
 def experiment_as_config(argv: list[str]) -> list[str]:

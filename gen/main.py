@@ -1,4 +1,4 @@
-"""Entry point: `python -m gen.main --config=experiments/<name>.py --workdir=DIR --mode=train|sample|eval`.
+"""Entry point: `python -m gen.main --config=experiments/<name>.py --workdir=DIR --mode=train|sample|eval|report`.
 
 Config values are overridden with `--config.KEY=VALUE`; the config is locked, so a
 mistyped key fails here, before anything is built or compiled.
@@ -12,9 +12,10 @@ from absl import app, flags, logging
 from gen import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "report"],
                           "train; sample (an .npz of samples); eval (the config's metrics of the "
-                          "latest checkpoint, written to <workdir>/eval/<step>.json).")
+                          "latest checkpoint, written to <workdir>/eval/<step>.json); report "
+                          "(plots and summary.md from the workdir's files, without JAX).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "--mode=sample: how many samples.")
 _LABELS = flags.DEFINE_list("labels", None, "--mode=sample, conditional models: the classes "
                             "to sample, in turn (e.g. 0,1,2); default: every class in turn.")
@@ -40,6 +41,15 @@ def main(argv):
     cli.fail(f"the config lacks required keys {missing}.")
   if _WORKDIR.value is None:
     cli.fail("--workdir is required.")
+
+  if _MODE.value == "report":  # The workdir's files only: no JAX, no checkpoint.
+    from gen import UsageError, report
+    try:
+      paths = report.write_report(_WORKDIR.value)
+    except UsageError as e:
+      cli.fail(str(e))
+    print(paths[-1])
+    return
 
   from gen import UsageError, evaluate, sharding, train  # Late: flag errors come before JAX starts.
   try:

@@ -19,7 +19,8 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from gen import UsageError, checkpoint, data, evaluate, models as models_lib, sharding, writers
+from gen import (UsageError, checkpoint, data, evaluate, models as models_lib, report, sharding,
+                 writers)
 from gen.steps import TrainState, gan, make_optimizers, step_key, vae, vaegan, vqvae
 
 FAMILIES = {"gan": gan, "vae": vae, "vaegan": vaegan, "vqvae": vqvae}
@@ -336,6 +337,8 @@ def train(config, workdir: str, mesh=None) -> TrainState:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
+  if jax.process_index() == 0:
+    logging.info("Report: %s", report.write_report(workdir)[-1])
   return state
 
 

@@ -5,6 +5,7 @@ Only process 0 writes; other processes get writers that do nothing.
 import json
 import math
 import os
+import time
 
 import jax
 import numpy as np
@@ -94,7 +95,8 @@ def _logged_step(line: str) -> float:
 
 
 class MetricWriter:
-  """Scalars to metrics.jsonl, TensorBoard event files and the log; images to TensorBoard."""
+  """Scalars to metrics.jsonl (with the wall-clock "time" of each record), TensorBoard event
+  files and the log; images to TensorBoard."""
 
   def __init__(self, workdir: str, resume_step: int = 0):
     """Appends to the workdir's metrics.jsonl, first dropping records after `resume_step`:
@@ -119,7 +121,8 @@ class MetricWriter:
     if not self._enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    # Unix seconds, for the report's wall time: in metrics.jsonl only, not a curve to plot.
+    self._jsonl.write(json.dumps({"step": step, **scalars, "time": round(time.time(), 3)}) + "\n")
     self._jsonl.flush()
     for name, value in scalars.items():
       self._tensorboard.add_scalar(name, value, step)

@@ -3,7 +3,6 @@
 Single-device tests build a mesh over `jax.devices()[:1]`; subprocess tests choose
 their own device count through `cli_env`.
 """
-import importlib.util
 import os
 import pathlib
 import tempfile
@@ -27,13 +26,8 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py")
 
 def load_config(name: str, **overrides):
   """experiments/<name>.py's config, locked, with dotted-key overrides ("model.latent_dim")."""
-  spec = importlib.util.spec_from_file_location(f"experiments.{name}",
-                                                ROOT / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.lock()
-  return override(config, overrides)
+  from gen import cli
+  return override(cli.load_config(name), overrides)
 
 
 def override(config, values: dict):

@@ -7,6 +7,29 @@ from gen.models.layers import CONDITIONING
 
 FAMILY = {"dcgan": "gan", "mlp_gan": "gan", "resnet_gan": "gan", "vaegan": "vaegan",
           "conv_vae": "vae", "vqvae": "vqvae"}
+_BUILT_IN = dict(FAMILY)
+# Models added from outside gen with `register`: name -> build(model_config, shape) -> modules.
+_REGISTERED = {}
+
+
+def register(name: str, build_fn, family: str) -> None:
+  """Makes `config.model.name = name` build `build_fn(model_config, shape)`, trained by the
+  train step of `family` ("gan", "vae", "vaegan" or "vqvae").
+
+  build_fn returns the family's named linen modules, called as the family calls its own:
+  for "gan", {"generator": z [B, latent] (labels [B] or None, train=bool) -> examples
+  [B, *shape] in [-1, 1], "discriminator": (examples, labels, train=bool) -> (logits [B],
+  class logits or None)}, reading `model_config.latent_dim`. The registration lasts for this
+  process: a command line that trains or samples the model must register it first too.
+  Registering a name again replaces it; gen's own names cannot be replaced.
+  """
+  if name in _BUILT_IN:
+    raise ValueError(f"{name!r} is one of gen's own models; register under another name.")
+  families = sorted(set(_BUILT_IN.values()))
+  if family not in families:
+    raise ValueError(f"Unknown family {family!r}; use one of {families}.")
+  FAMILY[name] = family
+  _REGISTERED[name] = build_fn
 
 
 def _gan_conditioning(model_config) -> dict:
@@ -25,11 +48,14 @@ def _gan_conditioning(model_config) -> dict:
 
 
 def build(model_config, shape) -> dict:
-  """The named modules of a model: {"generator", "discriminator"} for GANs, {"vae"} for VAEs."""
+  """The named modules of a model: {"generator", "discriminator"} for GANs, {"vae"} for VAEs;
+  a registered model's are its build function's."""
   name = model_config.name
   if model_config.dtype not in ("float32", "bfloat16"):
     raise UsageError(f"config.model.dtype={model_config.dtype!r}; use 'float32' or 'bfloat16'.")
   dtype = jnp.dtype(model_config.dtype)
+  if name in _REGISTERED:
+    return _REGISTERED[name](model_config, shape)
   if name == "dcgan":
     features = tuple(model_config.generator_features)
     scale = 2 ** len(features[1:])

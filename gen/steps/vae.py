@@ -271,6 +271,30 @@ def make_bounds(models, config, num_samples: int):
   return bounds
 
 
+def make_encode(models, config):
+  """encode(state, x [B, H, W, C] in model space, labels=None) -> (mean, log_var), each
+  [B, latent]: the posterior q(z|x); a conditional model needs the labels [B] of x."""
+  vae = models["vae"]
+
+  def encode(state: TrainState, x, labels=None):
+    return vae.apply({"params": state.params["vae"]}, x, _labels(config, labels),
+                     method=vae.encode)
+
+  return encode
+
+
+def make_decode(models, config):
+  """decode(state, z [B, latent], labels=None) -> the likelihood's mean [B, H, W, C] in model
+  space: what generate draws, at chosen codes (latent grids, interpolations)."""
+  vae = models["vae"]
+
+  def decode(state: TrainState, z, labels=None):
+    return _decode_mean(vae, config.model, {"params": state.params["vae"]}, z,
+                        _labels(config, labels))
+
+  return decode
+
+
 def make_reconstruct(models, config):
   """reconstruct(state, x, labels=None) -> the likelihood's mean at the posterior mean, in model
   space; a conditional model needs the labels [B] of x."""
