@@ -49,6 +49,19 @@ def load_config(name: str):
   return config
 
 
+REQUIRED_KEYS = ("seed", "batch_size", "num_steps", "log_every", "sample_every",
+                 "checkpoint_every", "eval_every", "keep_checkpoints", "max_nonfinite_steps")
+
+
+def check_required_keys(config) -> None:
+  """Raises UsageError naming the top-level keys every experiment config must have."""
+  from gen import UsageError
+  missing = [key for key in REQUIRED_KEYS if key not in config]
+  if missing:
+    raise UsageError(f"the config lacks the required keys {missing}; experiments/dcgan_digits.py "
+                     f"shows each with its meaning.")
+
+
 def experiment_as_config(argv: list[str]) -> list[str]:
   """argv with a leading experiment name replaced by --config=experiments/<name>.py."""
   if len(argv) > 1 and not argv[1].startswith("-"):

@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags, logging
 
-from gen import cli
+from gen import UsageError, cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "report"],
@@ -27,8 +27,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this
 _OUTPUT = flags.DEFINE_string("output", None,
                               "--mode=sample: the .npz to write (default <workdir>/samples.npz).")
 
-REQUIRED_KEYS = ("seed", "batch_size", "num_steps", "log_every", "sample_every",
-                 "checkpoint_every", "eval_every", "keep_checkpoints", "max_nonfinite_steps")
 
 
 def main(argv):
@@ -36,14 +34,15 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.CONFIG.value
-  missing = [key for key in REQUIRED_KEYS if key not in config]
-  if missing:
-    cli.fail(f"the config lacks required keys {missing}.")
+  try:
+    cli.check_required_keys(config)
+  except UsageError as e:
+    cli.fail(str(e))
   if _WORKDIR.value is None:
     cli.fail("--workdir is required.")
 
   if _MODE.value == "report":  # The workdir's files only: no JAX, no checkpoint.
-    from gen import UsageError, report
+    from gen import report
     try:
       paths = report.write_report(_WORKDIR.value)
     except UsageError as e:
@@ -51,7 +50,7 @@ def main(argv):
     print(paths[-1])
     return
 
-  from gen import UsageError, evaluate, sharding, train  # Late: flag errors come before JAX starts.
+  from gen import evaluate, sharding, train  # Late: flag errors come before JAX starts.
   try:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cli.enable_compilation_cache()

@@ -19,8 +19,8 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from gen import (UsageError, checkpoint, data, evaluate, models as models_lib, report, sharding,
-                 writers)
+from gen import (UsageError, checkpoint, cli, data, evaluate, models as models_lib, report,
+                 sharding, writers)
 from gen.steps import TrainState, gan, make_optimizers, step_key, vae, vaegan, vqvae
 
 FAMILIES = {"gan": gan, "vae": vae, "vaegan": vaegan, "vqvae": vqvae}
@@ -139,6 +139,7 @@ def flops_per_step(compiled) -> float:
 
 def build(config, mesh=None) -> Experiment:
   """Validates the config against the devices and the data, then builds the models."""
+  cli.check_required_keys(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_size(config.batch_size, mesh)
   dataset = data.load(config.dataset)
