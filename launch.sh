@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gen's one entry point.
-#   ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample|eval] [--config.KEY=VALUE ...]
+#   ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample|eval|report] [--config.KEY=VALUE ...]
 #   ./launch.sh test [pytest args]
 #   ./launch.sh bench <experiment> [--batch_size=B] [--steps=N] [--json]
 # Several processes (README, "Running at scale"): the same command in each; JAX finds its peers
@@ -15,7 +15,7 @@ cd "$root"
 experiments() { ls experiments | sed -n 's/^\([a-z0-9][a-z0-9_]*\)\.py$/  \1/p'; }
 
 usage() {
-  echo "usage: ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample|eval] [--config.KEY=VALUE ...]"
+  echo "usage: ./launch.sh <experiment> [--workdir=DIR] [--mode=train|sample|eval|report] [--config.KEY=VALUE ...]"
   echo "       ./launch.sh test [pytest args]"
   echo "       ./launch.sh bench <experiment> [--batch_size=B] [--steps=N] [--json]"
   echo "experiments:"
@@ -38,13 +38,13 @@ python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
   if [[ -x .venv/bin/python ]]; then
     python=.venv/bin/python
-  elif command -v python3 >/dev/null && python3 -c "import gen.main, pytest, xdist" 2>/dev/null; then
+  elif command -v python3 >/dev/null && python3 -c "import gen.main, pytest, xdist, nbclient" 2>/dev/null; then
     python=python3
   else
     python=.venv/bin/python
   fi
 fi
-if ! "$python" -c "import gen.main, pytest, xdist" 2>/dev/null; then
+if ! "$python" -c "import gen.main, pytest, xdist, nbclient" 2>/dev/null; then
   echo "Installing gen and its dependencies into .venv (first use only)..." >&2
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
   python=.venv/bin/python
