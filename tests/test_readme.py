@@ -146,3 +146,12 @@ def test_quick_start_train_sample_eval_report_through_launch_sh(tmp_path):
   (workdir / "summary.md").unlink()
   launch("dcgan_digits", "--mode=report")
   assert (workdir / "summary.md").is_file()
+
+
+def test_the_readme_shows_committed_small_images():
+  images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+  assert images, "the README shows a sample grid"
+  for image in images:
+    path = ROOT / image
+    assert path.is_file() and path.stat().st_size < 200_000, image
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
