@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 
 from conftest import EXPERIMENTS, load_config, override
 from gen import train
-from gen.main import REQUIRED_KEYS
+from gen.cli import REQUIRED_KEYS
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
