@@ -1,40 +1,10 @@
 """β-VAE on MNIST from tfds (Higgins et al. 2017): the KL weighted by β = 4, which trades
 reconstruction for a posterior closer to the factorised prior; vae_mnist's model otherwise.
 The logged `elbo` is still the true ELBO (β = 1); `loss` is the β-weighted objective."""
-import ml_collections
-
-from gen.steps import vae
+from gen import cli
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.batch_size = 128  # Global, over all devices.
-  config.num_steps = 20_000
-  config.log_every = 100
-  config.sample_every = 1000
-  config.checkpoint_every = 2000
-  config.eval_every = 5000
-  config.keep_checkpoints = 3
-  config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
-
-  config.dataset = ml_collections.ConfigDict(
-      {"name": "mnist", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
-  config.model = ml_collections.ConfigDict({
-      "name": "conv_vae",
-      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
-      "latent_dim": 16,
-      "features": (32, 64),
-      # Or "gaussian" (fixed observation_std), "gaussian_learned" or "logistic" (8-bit).
-      "likelihood": "bernoulli",
-      "observation_std": 0.1,
-      "num_classes": 0,
-  })
-  config.vae = vae.options(beta=4.0)
-  config.optimizer = ml_collections.ConfigDict(
-      {"vae": {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999}})
-  # Test-split likelihood (IWAE bound, K samples), reconstructions and samples.
-  config.eval = ml_collections.ConfigDict({
-      "metrics": ("likelihood", "reconstruction", "classifier"), "split": "test",
-      "num_samples": 10_000, "iwae_samples": 1000, "best_metric": "nll_iwae"})
+  config = cli.load_config("vae_mnist")
+  config.vae.beta = 4.0
   return config

@@ -1,32 +1,8 @@
 """`gan_ring2d` with the hinge loss (Lim & Ye 2017; the SNGAN/BigGAN objective)."""
-import ml_collections
-
-from gen.steps import gan
+from gen import cli
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.batch_size = 256  # Global, over all devices.
-  config.num_steps = 10_000
-  config.log_every = 250
-  config.sample_every = 2000
-  config.checkpoint_every = 5000
-  config.eval_every = 5000
-  config.keep_checkpoints = 3
-  config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
-
-  config.dataset = ml_collections.ConfigDict({"name": "ring2d", "split": "train"})
-  config.model = ml_collections.ConfigDict({
-      "name": "mlp_gan",
-      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
-      "latent_dim": 2,
-      "hidden": (128, 128, 128),
-  })
-  config.gan = gan.options(loss="hinge")
-  adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
-  config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
-  # The VEEGAN/PacGAN protocol: 2,500 samples, high quality within 3 std of a mode.
-  config.eval = ml_collections.ConfigDict({
-      "metrics": ("modes",), "split": "test", "num_samples": 2500, "best_metric": "high_quality"})
+  config = cli.load_config("gan_ring2d")
+  config.gan.loss = "hinge"
   return config

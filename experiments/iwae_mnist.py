@@ -2,40 +2,10 @@
 importance-weighted bound with K = 5 posterior samples per example, a tighter bound than the
 ELBO that lets the posterior be less exact. Logged: `iwae` (the K = 5 bound, the negated
 loss) and the ELBO; the evaluation's nll_iwae uses K = config.eval.iwae_samples."""
-import ml_collections
-
-from gen.steps import vae
+from gen import cli
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.batch_size = 128  # Global, over all devices.
-  config.num_steps = 20_000
-  config.log_every = 100
-  config.sample_every = 1000
-  config.checkpoint_every = 2000
-  config.eval_every = 5000
-  config.keep_checkpoints = 3
-  config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
-
-  config.dataset = ml_collections.ConfigDict(
-      {"name": "mnist", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
-  config.model = ml_collections.ConfigDict({
-      "name": "conv_vae",
-      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
-      "latent_dim": 16,
-      "features": (32, 64),
-      # Or "gaussian" (fixed observation_std), "gaussian_learned" or "logistic" (8-bit).
-      "likelihood": "bernoulli",
-      "observation_std": 0.1,
-      "num_classes": 0,
-  })
-  config.vae = vae.options(objective="iwae", iwae_samples=5)
-  config.optimizer = ml_collections.ConfigDict(
-      {"vae": {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999}})
-  # Test-split likelihood (IWAE bound, K samples), reconstructions and samples.
-  config.eval = ml_collections.ConfigDict({
-      "metrics": ("likelihood", "reconstruction", "classifier"), "split": "test",
-      "num_samples": 10_000, "iwae_samples": 1000, "best_metric": "nll_iwae"})
+  config = cli.load_config("vae_mnist")
+  config.vae.update(dict(objective="iwae", iwae_samples=5))
   return config
