@@ -26,7 +26,8 @@ class Checkpointer:
         self.directory,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+        # The directory appears with the first save: reading an empty workdir writes nothing.
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False,
                                              cleanup_tmp_directories=True))
 
   def latest_step(self) -> int | None:

@@ -386,17 +386,15 @@ class _NonFiniteSteps:
 
 def restore_latest(experiment: Experiment, workdir: str) -> TrainState:
   """The train state of the latest checkpoint in `workdir`, placed on the experiment's mesh."""
-  directory = os.path.join(workdir, "checkpoints")
-  checkpointer = checkpoint.Checkpointer(directory) if os.path.isdir(directory) else None
+  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
-    if checkpointer is None or checkpointer.latest_step() is None:
+    if checkpointer.latest_step() is None:
       raise UsageError(
-          f"No checkpoint in {directory}: train first (--mode=train with the same --workdir), "
-          f"or point --workdir at a trained run.")
+          f"No checkpoint in {checkpointer.directory}: train first (--mode=train with the same "
+          f"--workdir), or point --workdir at a trained run.")
     state, _ = checkpointer.restore(experiment.abstract_state())
   finally:
-    if checkpointer is not None:
-      checkpointer.close()
+    checkpointer.close()
   return state
 
 
