@@ -15,9 +15,10 @@ import pytest
 from conftest import ROOT, cli_env, load_config, tiny
 from gen import UsageError, checkpoint, data, sharding, train
 
-# gan_grid2d has a linear learning-rate decay and generator EMA, so a resume must restore
-# the schedule's count, the EMA weights, the RNG and the data position to match bitwise.
-GRID_ARGS = ["--config=experiments/gan_grid2d.py", "--config.batch_size=16",
+# gan_grid2d with a linear learning-rate decay and its generator EMA: a resume must restore the
+# schedule's count, the EMA weights, the RNG and the data position to match bitwise.
+GRID_ARGS = ["--config=experiments/gan_grid2d.py", "--config.optimizer.schedule=linear",
+             "--config.batch_size=16",
              "--config.log_every=50", "--config.checkpoint_every=50",
              "--config.sample_every=100000", "--config.eval_every=100000",
              "--config.model.hidden=(16,16)"]
@@ -52,6 +53,8 @@ def wait_for_checkpoint(workdir, process, timeout=120):
 
 
 def final_state(workdir, config_name="gan_grid2d", **overrides):
+  if config_name == "gan_grid2d":
+    overrides = {"optimizer.schedule": "linear", **overrides}
   experiment = train.build(tiny(load_config(config_name), **overrides),
                            sharding.make_mesh(jax.devices()[:1]))
   checkpointer = checkpoint.Checkpointer(str(workdir / "checkpoints"))
