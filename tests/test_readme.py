@@ -53,6 +53,19 @@ def test_the_readme_has_its_commands():
   assert len(launches) >= 12
 
 
+def test_the_experiments_table_lists_every_experiment_once():
+  rows = re.findall(r"^\| `\./launch\.sh (\w+)` \|", README, re.M)
+  experiments = sorted(p.stem for p in (ROOT / "experiments").glob("*.py"))
+  assert sorted(rows) == experiments
+
+
+def test_the_readme_opens_with_the_two_commands():
+  first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
+  assert [line.split("#")[0].strip() for line in first_block] == [
+      "./launch.sh dcgan_digits", "./launch.sh test"]
+  assert README.index("```bash") < README.index("\n## ")
+
+
 def test_ci_runs_the_readmes_test_command():
   assert "./launch.sh test" in (ROOT / ".ci" / "run").read_text()
 
