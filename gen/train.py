@@ -286,7 +286,6 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   progress = tqdm(total=config.num_steps, initial=start, disable=jax.process_index() != 0,
                   dynamic_ncols=True, mininterval=1.0)
   nonfinite = _NonFiniteSteps(config.max_nonfinite_steps)
-  saved_step = start if checkpointer.latest_step() == start else None
   # Throughput counts the steps' time only: samples, checkpoints and evaluations are not steps.
   window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
   try:
@@ -317,7 +316,6 @@ def train(config, workdir: str, mesh=None) -> TrainState:
         stop = signals.stop_requested(step)
         if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
           checkpointer.save(step, state, batches.state)
-          saved_step = step
         if config.eval.metrics and step % config.eval_every == 0 and not stop:
           evaluator = evaluator or evaluate.make_evaluator(experiment, workdir)
           results = evaluator(state)
@@ -329,7 +327,7 @@ def train(config, workdir: str, mesh=None) -> TrainState:
           checkpointer.wait()
           name = signal.Signals(signals.received).name
           raise Stopped(f"Stopped by {name} after step {step}; the checkpoint "
-                        f"{checkpointer.path(saved_step)} holds it. Run the same command to "
+                        f"{checkpointer.path(step)} holds it. Run the same command to "
                         f"resume from there.", 128 + signals.received)
   finally:
     best.close()
