@@ -298,12 +298,10 @@ def make_decode(models, config):
 def make_reconstruct(models, config):
   """reconstruct(state, x, labels=None) -> the likelihood's mean at the posterior mean, in model
   space; a conditional model needs the labels [B] of x."""
-  vae = models["vae"]
+  encode, decode = make_encode(models, config), make_decode(models, config)
 
   def reconstruct(state: TrainState, x, labels=None):
-    params = {"params": state.params["vae"]}
-    labels = _labels(config, labels)
-    mean, _ = vae.apply(params, x, labels, method=vae.encode)
-    return _decode_mean(vae, config.model, params, mean, labels)
+    mean, _ = encode(state, x, labels)
+    return decode(state, mean, labels)
 
   return reconstruct
