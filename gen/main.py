@@ -34,10 +34,6 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.CONFIG.value
-  try:
-    cli.check_required_keys(config)
-  except UsageError as e:
-    cli.fail(str(e))
   if _WORKDIR.value is None:
     cli.fail("--workdir is required.")
 

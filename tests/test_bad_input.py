@@ -96,3 +96,12 @@ def test_unknown_experiment():
   assert result.returncode == 2
   assert "unknown experiment 'dcgan_digitz'" in result.stderr
   assert "dcgan_digits" in result.stderr and "vae_digits" in result.stderr
+
+
+def test_a_config_without_a_required_key_names_it(single_device_mesh):
+  import ml_collections
+  from gen import UsageError, cli, train
+  config = ml_collections.ConfigDict(
+      {k: v for k, v in cli.load_config("gan_ring2d").items() if k != "max_nonfinite_steps"})
+  with pytest.raises(UsageError, match=r"lacks the required keys \['max_nonfinite_steps'\]"):
+    train.build(config, single_device_mesh)
