@@ -63,6 +63,16 @@ def tiny(config, **overrides):
   return override(config, small)
 
 
+def kill_leftovers(processes) -> None:
+  """Kills whatever is left of `processes` (started with start_new_session=True), children too,
+  so that no test leaves a process behind."""
+  import signal
+  for process in processes:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
+
+
 def cli_env(num_devices: int = 1) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli_env, load_config, tiny
+from conftest import ROOT, cli_env, kill_leftovers, load_config, tiny
 from gen import UsageError, checkpoint, data, sharding, train
 
 # gan_grid2d with a linear learning-rate decay and its generator EMA: a resume must restore the
@@ -35,9 +35,7 @@ def finish(process, timeout=300):
   try:
     _, stderr = process.communicate(timeout=timeout)
   finally:
-    if process.poll() is None:
-      os.killpg(process.pid, signal.SIGKILL)
-      process.wait()
+    kill_leftovers([process])
   return process.returncode, stderr
 
 

@@ -9,7 +9,7 @@ import time
 import jax
 import numpy as np
 
-from conftest import ROOT, cli_env, load_config, override
+from conftest import ROOT, cli_env, kill_leftovers, load_config, override
 from gen import checkpoint, sharding, train
 
 STEPS = 20
@@ -38,10 +38,7 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
   try:
     codes = [p.wait(timeout=400) for p in processes]
   finally:  # Whatever happened, no process outlives the test.
-    for p in processes:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+    kill_leftovers(processes)
   logs = [(tmp_path / f"process_{i}.log").read_text()[-3000:] for i in range(2)]
   assert codes == [0, 0], logs
   # Only process 0 writes logs and samples; both took part in the checkpoints.
@@ -82,10 +79,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tm
     processes[1].send_signal(signal.SIGTERM)  # As a preempted host receives it.
     outputs = [p.communicate(timeout=300)[1] for p in processes]
   finally:
-    for p in processes:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+    kill_leftovers(processes)
   assert [p.returncode for p in processes] == [143, 143], [o[-3000:] for o in outputs]
   steps = {o.split("Stopped by SIGTERM after step ")[1].split(";")[0] for o in outputs}
   assert len(steps) == 1, outputs  # Both stopped at the same step...
