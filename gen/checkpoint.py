@@ -90,6 +90,12 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    # Orbax removes unfinished temporary steps in a background thread started by the
+    # manager, and waits for it only before a save; a process that exits without saving
+    # (sample, eval, an early error) would otherwise tear that thread down mid-way.
+    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
     self._manager.close()
 
 

@@ -160,6 +160,16 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path, single_device_mesh):
   assert os.listdir(tmp_path / "checkpoints_unreadable") == ["2"]
 
 
+def test_unfinished_saves_are_gone_when_the_checkpointer_closes(tmp_path):
+  # What saves cut off by kill -9 leave behind. Orbax removes them in a background thread;
+  # a process that exits without saving (sample, eval, an early error) must still wait for
+  # it, or the thread dies in interpreter shutdown with a traceback.
+  for step in range(200):
+    (tmp_path / f"{step}.orbax-checkpoint-tmp-1700000000" / "state").mkdir(parents=True)
+  checkpointer = checkpoint.Checkpointer(str(tmp_path))
+  checkpointer.close()
+  assert os.listdir(tmp_path) == []
+
 def poisoned(dataset, bad):
   """`dataset` with NaN examples at the indices where `bad(indices)` is true."""
   def read(idx):
