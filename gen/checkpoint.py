@@ -18,7 +18,10 @@ from gen import UsageError
 
 
 class Checkpointer:
-  """Saves and restores `(TrainState, data iterator state)` under `<workdir>/checkpoints/<step>/`."""
+  """Saves and restores `(TrainState, data iterator state)` under `<workdir>/checkpoints/<step>/`.
+
+  A context manager: leaving it waits for saves in flight and Orbax's own threads.
+  """
 
   def __init__(self, directory: str, max_to_keep: int | None = None):
     self.directory = os.path.abspath(directory)
@@ -97,6 +100,12 @@ class Checkpointer:
     if await_cleanup is not None:
       await_cleanup()
     self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
 
 
 def check_compatible(stored, abstract_state, where: str) -> None:

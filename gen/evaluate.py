@@ -209,9 +209,8 @@ class BestCheckpoint:
   def __init__(self, workdir: str, metric: str | None):
     self._metric = metric
     self._record = os.path.join(workdir, "eval", "best.json")
-    self._checkpointer = None
-    if metric:
-      self._checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints_best"), 1)
+    self._directory = os.path.join(workdir, "checkpoints_best")
+    self._checkpointer = None  # Opened at the first save, so that close() is all there is to undo.
     self.value = None
     if metric and os.path.exists(self._record):
       with open(self._record) as f:
@@ -229,6 +228,7 @@ class BestCheckpoint:
     if not math.isfinite(value) or (self.value is not None and better(value, self.value) == self.value):
       return False
     self.value = value
+    self._checkpointer = self._checkpointer or checkpoint.Checkpointer(self._directory, 1)
     self._checkpointer.save(step, state, data_state)
     if jax.process_index() == 0:
       with open(self._record, "w") as f:
@@ -237,7 +237,6 @@ class BestCheckpoint:
 
   def close(self):
     if self._checkpointer is not None:
-      self._checkpointer.wait()
       self._checkpointer.close()
 
 

@@ -248,10 +248,18 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   """
   experiment = build(config, mesh)
   prepare_workdir(workdir)
-  mesh = experiment.mesh
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               config.keep_checkpoints) as checkpointer:
+    state = _train(experiment, workdir, checkpointer)
+  if jax.process_index() == 0:
+    logging.info("Report: %s", report.write_report(workdir)[-1])
+  return state
+
+
+def _train(experiment: Experiment, workdir: str, checkpointer: checkpoint.Checkpointer
+           ) -> TrainState:
+  config, mesh = experiment.config, experiment.mesh
   replicated = sharding.replicated(mesh)
-  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                         config.keep_checkpoints)
   data_state = None
   if checkpointer.latest_step() is not None:
     state, data_state = checkpointer.restore(experiment.abstract_state())
@@ -333,11 +341,7 @@ def train(config, workdir: str, mesh=None) -> TrainState:
     best.close()
     progress.close()
     batches.close()
-    checkpointer.wait()
-    checkpointer.close()
     writer.close()
-  if jax.process_index() == 0:
-    logging.info("Report: %s", report.write_report(workdir)[-1])
   return state
 
 
@@ -384,15 +388,12 @@ class _NonFiniteSteps:
 
 def restore_latest(experiment: Experiment, workdir: str) -> TrainState:
   """The train state of the latest checkpoint in `workdir`, placed on the experiment's mesh."""
-  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
     if checkpointer.latest_step() is None:
       raise UsageError(
           f"No checkpoint in {checkpointer.directory}: train first (--mode=train with the same "
           f"--workdir), or point --workdir at a trained run.")
     state, _ = checkpointer.restore(experiment.abstract_state())
-  finally:
-    checkpointer.close()
   return state
 
 

@@ -55,11 +55,8 @@ def final_state(workdir, config_name="gan_grid2d", **overrides):
     overrides = {"optimizer.schedule": "linear", **overrides}
   experiment = train.build(tiny(load_config(config_name), **overrides),
                            sharding.make_mesh(jax.devices()[:1]))
-  checkpointer = checkpoint.Checkpointer(str(workdir / "checkpoints"))
-  try:
+  with checkpoint.Checkpointer(str(workdir / "checkpoints")) as checkpointer:
     state, data_state = checkpointer.restore(experiment.abstract_state())
-  finally:
-    checkpointer.close()
   return jax.device_get(state), data_state
 
 
@@ -166,8 +163,8 @@ def test_unfinished_saves_are_gone_when_the_checkpointer_closes(tmp_path):
   # it, or the thread dies in interpreter shutdown with a traceback.
   for step in range(200):
     (tmp_path / f"{step}.orbax-checkpoint-tmp-1700000000" / "state").mkdir(parents=True)
-  checkpointer = checkpoint.Checkpointer(str(tmp_path))
-  checkpointer.close()
+  with checkpoint.Checkpointer(str(tmp_path)):
+    pass
   assert os.listdir(tmp_path) == []
 
 def poisoned(dataset, bad):

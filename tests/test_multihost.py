@@ -51,9 +51,8 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
   assert mesh.devices.size == 8
   one = train.train(config, str(tmp_path / "one"), mesh)
   experiment = train.build(config, mesh)
-  restored = checkpoint.Checkpointer(str(tmp_path / "two" / "checkpoints"))
-  two, _ = restored.restore(experiment.abstract_state())
-  restored.close()
+  with checkpoint.Checkpointer(str(tmp_path / "two" / "checkpoints")) as restored:
+    two, _ = restored.restore(experiment.abstract_state())
   assert int(two.step) == int(one.step) == STEPS
   for a, b in zip(jax.tree.leaves(jax.device_get(two.params)),
                   jax.tree.leaves(jax.device_get(one.params))):
