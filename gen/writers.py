@@ -115,7 +115,12 @@ class MetricWriter:
         with open(path, "w") as f:
           f.writelines(kept)
     self._jsonl = open(path, "a")
-    self._tensorboard = SummaryWriter(workdir)
+    # purge_step: TensorBoard hides the earlier files' events from the resumed step on, as
+    # metrics.jsonl drops them. The file name has the time in whole seconds; the suffix in
+    # nanoseconds gives a launch within the same second as the last one a new file, sorted
+    # after it, rather than overwriting it.
+    self._tensorboard = SummaryWriter(workdir, purge_step=resume_step + 1 if resume_step else None,
+                                      filename_suffix=f".{time.time_ns()}")
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
     if not self._enabled:
