@@ -93,9 +93,12 @@ def parse_flags(argv):
     fail(f"{e}")
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a key the config does not have.
-    detail = e.args[0] if e.args else e
-    fail(f"unknown config key in the overrides: {detail}. The config file {path} lists the "
-          f"keys; run with --config={path} alone to see them.")
+    detail = e
+    while isinstance(detail, BaseException) and detail.args:  # AttributeError(KeyError(str)).
+      detail = detail.args[0]
+    detail = " ".join(str(detail).split())  # Its own "\nDid you mean ..." on the same line.
+    fail(f"unknown config key in the overrides: {detail.rstrip('.?')}"
+         f"{'?' if detail.endswith('?') else '.'} The keys are those of get_config() in {path}.")
 
 
 class _QuietLibraries:

@@ -33,7 +33,11 @@ def offline_env(num_devices=1):
 
 CASES = {
     "unknown config key": (["--config.batch_sze=32"], 1,
-                           ["batch_sze", "unknown config key", "batch_size"]),
+                           ["unknown config key in the overrides: 'batch_sze' Did you mean "
+                            "\"batch_size\" instead of \"batch_sze\"? The keys are those of"]),
+    "unknown nested config key": (["--config.model.hiden=(8,)"], 1,
+                                  ["unknown config key in the overrides: 'hiden' Did you mean "
+                                   "\"hidden\""]),
     "wrong value type": (["--config.batch_size=many"], 1, ["batch_size", "many"]),
     "batch not divisible by the devices": (["--config.batch_size=12"], 8,
                                            ["batch_size=12", "8 devices", "--config.batch_size=8"]),
