@@ -81,13 +81,16 @@ def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 def _sqrtm(matrix: np.ndarray) -> np.ndarray:
   """scipy.linalg.sqrtm without the error estimate, whichever SciPy is installed."""
-  try:
+  with warnings.catch_warnings():
     # pytorch-fid passes disp=False; SciPy 1.16-1.17 deprecate it, later releases drop it.
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    # Covariances of few samples or dead features are singular, and SciPy would warn on every
+    # evaluation; frechet_distance handles that case as pytorch-fid does.
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    try:
       return scipy.linalg.sqrtm(matrix, disp=False)[0]
-  except TypeError:
-    return scipy.linalg.sqrtm(matrix)
+    except TypeError:
+      return scipy.linalg.sqrtm(matrix)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:

@@ -58,6 +58,16 @@ def test_frechet_distance_is_zero_for_identical_statistics():
   assert abs(metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-6
 
 
+def test_frechet_distance_of_singular_covariances_is_quiet_and_matches(recwarn):
+  # 10 samples of 16 features, some of them dead: rank-deficient, as a small evaluation gives.
+  features1, features2 = _features(5, 10, 16), _features(6, 10, 16, shift=0.3)
+  features1[:, :4] = features2[:, :4] = 0.0
+  mu1, sigma1 = metrics.gaussian_statistics(features1)
+  mu2, sigma2 = metrics.gaussian_statistics(features2)
+  np.testing.assert_allclose(metrics.frechet_distance(mu1, sigma1, mu2, sigma2),
+                             _frechet_by_eigendecomposition(mu1, sigma1, mu2, sigma2), rtol=1e-4)
+  assert not [w for w in recwarn if issubclass(w.category, scipy.linalg.LinAlgWarning)]
+
 def test_frechet_distance_raises_on_a_large_imaginary_component():
   # Not covariances, but sqrtm(I (-I)) = i I reliably: finite, complex, imaginary diagonal 1.
   eye = np.eye(3)
