@@ -190,19 +190,19 @@ class Stopped(Exception):
 class _StopSignals:
   """SIGTERM and SIGINT ask the loop to stop after the current step; a second one exits at once.
 
-  Only in a single process's main thread: a multi-process run stops on SIGTERM through JAX's
-  preemption sync point instead, which makes every process stop at the same step.
+  With several processes every process must stop at the same step, so the stop goes through
+  JAX's preemption sync point, which hears SIGTERM only: SIGINT (Ctrl-C) is passed on to it
+  as a SIGTERM of this process. Handlers are set only in the main thread.
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
   def __init__(self):
-    self.received = None
+    self.received = None  # The signal this process received, if any.
     self._previous = {}
 
   def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+    if threading.current_thread() is threading.main_thread():
+      own = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in own}
     return self
 
   def _handle(self, signum, frame):
@@ -213,13 +213,23 @@ class _StopSignals:
     self.received = signum
     logging.warning("%s: stopping after this step and writing a checkpoint (send it again to "
                     "exit at once).", name)
+    if jax.process_count() > 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # To JAX's preemption notifier.
 
   def stop_requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      if multihost_utils.reached_preemption_sync_point(step):
-        self.received = signal.SIGTERM
-    return self.received is not None
+    if jax.process_count() == 1:
+      return self.received is not None
+    from jax.experimental import multihost_utils
+    return multihost_utils.reached_preemption_sync_point(step)
+
+  def describe(self) -> str:
+    if self.received is not None:
+      return signal.Signals(self.received).name
+    return "a SIGTERM or SIGINT to a process of this run"  # Heard through JAX's sync point.
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + (self.received or signal.SIGTERM)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -333,10 +343,9 @@ def _train(experiment: Experiment, workdir: str, checkpointer: checkpoint.Checkp
         window_pauses += time.perf_counter() - pause_start
         if stop:
           checkpointer.wait()
-          name = signal.Signals(signals.received).name
-          raise Stopped(f"Stopped by {name} after step {step}; the checkpoint "
+          raise Stopped(f"Stopped by {signals.describe()} after step {step}; the checkpoint "
                         f"{checkpointer.path(step)} holds it. Run the same command to "
-                        f"resume from there.", 128 + signals.received)
+                        f"resume from there.", signals.exit_code)
   finally:
     best.close()
     progress.close()
