@@ -96,9 +96,11 @@ def parse_flags(argv):
     detail = e
     while isinstance(detail, BaseException) and detail.args:  # AttributeError(KeyError(str)).
       detail = detail.args[0]
-    detail = " ".join(str(detail).split())  # Its own "\nDid you mean ..." on the same line.
-    fail(f"unknown config key in the overrides: {detail.rstrip('.?')}"
-         f"{'?' if detail.endswith('?') else '.'} The keys are those of get_config() in {path}.")
+    detail = " ".join(str(detail).split())  # Its own "\nDid you mean ...?" on the same line.
+    if not detail.endswith(("?", ".")):
+      detail += "."
+    fail(f"unknown config key in the overrides: {detail} The keys are those of get_config() in "
+         f"{path}.")
 
 
 class _QuietLibraries:

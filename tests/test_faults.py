@@ -167,6 +167,7 @@ def test_unfinished_saves_are_gone_when_the_checkpointer_closes(tmp_path):
     pass
   assert os.listdir(tmp_path) == []
 
+
 def poisoned(dataset, bad):
   """`dataset` with NaN examples at the indices where `bad(indices)` is true."""
   def read(idx):
