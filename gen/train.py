@@ -254,20 +254,23 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   """Trains to `config.num_steps`, resuming from the latest checkpoint in `workdir`.
 
   Raises `Stopped` when a signal or `config.max_nonfinite_steps` non-finite steps in a row
-  end the run early.
+  end the run early. A signal that comes while the state is restored or the step compiles
+  stops the run after its first step.
   """
   experiment = build(config, mesh)
   prepare_workdir(workdir)
+  # Signals are caught from before the first computation on the mesh: in a multi-process run,
+  # one process killed by Ctrl-C there would leave the others waiting in a collective.
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                               config.keep_checkpoints) as checkpointer:
-    state = _train(experiment, workdir, checkpointer)
+                               config.keep_checkpoints) as checkpointer, _StopSignals() as signals:
+    state = _train(experiment, workdir, checkpointer, signals)
   if jax.process_index() == 0:
     logging.info("Report: %s", report.write_report(workdir)[-1])
   return state
 
 
-def _train(experiment: Experiment, workdir: str, checkpointer: checkpoint.Checkpointer
-           ) -> TrainState:
+def _train(experiment: Experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
+           signals: _StopSignals) -> TrainState:
   config, mesh = experiment.config, experiment.mesh
   replicated = sharding.replicated(mesh)
   data_state = None
@@ -307,45 +310,44 @@ def _train(experiment: Experiment, workdir: str, checkpointer: checkpoint.Checkp
   # Throughput counts the steps' time only: samples, checkpoints and evaluations are not steps.
   window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
   try:
-    with _StopSignals() as signals:
-      for step in range(start + 1, config.num_steps + 1):
-        state, metrics = compiled_step(state, next(batches))
-        window_steps += 1
-        progress.update(1)
-        nonfinite.check(step, metrics.pop("update_skipped"), checkpointer)  # Of the step before.
-        if step % config.log_every == 0 or step == config.num_steps:
-          metrics = jax.device_get(metrics)  # With the line above, the loop's only host syncs.
-          nonfinite.flush(checkpointer)
-          seconds = time.perf_counter() - window_start - window_pauses
-          throughput = {
-              "images_per_sec": window_steps * experiment.step_batch_size / seconds,
-              "gflops_per_sec": window_steps * step_flops / seconds / 1e9,
-              "skipped_steps": nonfinite.total,
-          }
-          writer.write_scalars(step, {**metrics, **throughput})
-          progress.set_postfix({k: f"{float(v):.3g}" for k, v in {**metrics, **throughput}.items()},
-                               refresh=False)
-          window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
-        pause_start = time.perf_counter()
-        if step % config.sample_every == 0 or step == config.num_steps:
-          images = jax.device_get(snapshots(state, snapshot_batch, snapshot_key))
-          if jax.process_index() == 0:
-            _write_snapshots(workdir, step, images, reference, experiment.dataset.kind, writer)
-        stop = signals.stop_requested(step)
-        if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
-          checkpointer.save(step, state, batches.state)
-        if config.eval.metrics and step % config.eval_every == 0 and not stop:
-          evaluator = evaluator or evaluate.make_evaluator(experiment, workdir)
-          results = evaluator(state)
-          evaluate.write(workdir, step, results)
-          writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-          best.update(step, state, batches.state, results)
-        window_pauses += time.perf_counter() - pause_start
-        if stop:
-          checkpointer.wait()
-          raise Stopped(f"Stopped by {signals.describe()} after step {step}; the checkpoint "
-                        f"{checkpointer.path(step)} holds it. Run the same command to "
-                        f"resume from there.", signals.exit_code)
+    for step in range(start + 1, config.num_steps + 1):
+      state, metrics = compiled_step(state, next(batches))
+      window_steps += 1
+      progress.update(1)
+      nonfinite.check(step, metrics.pop("update_skipped"), checkpointer)  # Of the step before.
+      if step % config.log_every == 0 or step == config.num_steps:
+        metrics = jax.device_get(metrics)  # With the line above, the loop's only host syncs.
+        nonfinite.flush(checkpointer)
+        seconds = time.perf_counter() - window_start - window_pauses
+        throughput = {
+            "images_per_sec": window_steps * experiment.step_batch_size / seconds,
+            "gflops_per_sec": window_steps * step_flops / seconds / 1e9,
+            "skipped_steps": nonfinite.total,
+        }
+        writer.write_scalars(step, {**metrics, **throughput})
+        progress.set_postfix({k: f"{float(v):.3g}" for k, v in {**metrics, **throughput}.items()},
+                             refresh=False)
+        window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
+      pause_start = time.perf_counter()
+      if step % config.sample_every == 0 or step == config.num_steps:
+        images = jax.device_get(snapshots(state, snapshot_batch, snapshot_key))
+        if jax.process_index() == 0:
+          _write_snapshots(workdir, step, images, reference, experiment.dataset.kind, writer)
+      stop = signals.stop_requested(step)
+      if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
+        checkpointer.save(step, state, batches.state)
+      if config.eval.metrics and step % config.eval_every == 0 and not stop:
+        evaluator = evaluator or evaluate.make_evaluator(experiment, workdir)
+        results = evaluator(state)
+        evaluate.write(workdir, step, results)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+        best.update(step, state, batches.state, results)
+      window_pauses += time.perf_counter() - pause_start
+      if stop:
+        checkpointer.wait()
+        raise Stopped(f"Stopped by {signals.describe()} after step {step}; the checkpoint "
+                      f"{checkpointer.path(step)} holds it. Run the same command to "
+                      f"resume from there.", signals.exit_code)
   finally:
     best.close()
     progress.close()

@@ -90,6 +90,30 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(sig
   assert int(final_state(tmp_path)[0].step) == stopped_at + 7
 
 
+def test_a_signal_while_the_step_compiles_stops_after_the_first_step(tmp_path, monkeypatch,
+                                                                     single_device_mesh):
+  compile_train_step = train.Experiment.compile_train_step
+
+  def interrupted_compile(self, state):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before any step has run.
+    return compile_train_step(self, state)
+
+  def uncaught(signum, frame):  # Fails the test, where KeyboardInterrupt would end the session.
+    raise AssertionError("train() did not catch the SIGINT")
+
+  monkeypatch.setattr(train.Experiment, "compile_train_step", interrupted_compile)
+  previous = signal.signal(signal.SIGINT, uncaught)
+  try:
+    with pytest.raises(train.Stopped, match="Stopped by SIGINT after step 1;") as stopped:
+      train.train(tiny(load_config("gan_ring2d"), num_steps=100), str(tmp_path),
+                  single_device_mesh)
+    assert signal.getsignal(signal.SIGINT) is uncaught  # Restored when train() returns.
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert stopped.value.exit_code == 130
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]
+
+
 def test_a_second_signal_exits_at_once(monkeypatch):
   exits = []
   monkeypatch.setattr(os, "_exit", exits.append)

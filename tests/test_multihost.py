@@ -67,22 +67,27 @@ def test_ctrl_c_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp
           [sys.executable, "-m", "gen.main", "--config=experiments/gan_ring2d.py",
            "--config.num_steps=10000000", "--config.batch_size=16", "--config.log_every=100",
            "--config.checkpoint_every=100000", "--config.model.hidden=(16,16)",
-           f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{port}",
+           f"--workdir={tmp_path / 'run'}", f"--coordinator_address=127.0.0.1:{port}",
            "--num_processes=2", f"--process_id={i}"],
           cwd=ROOT, env=cli_env(num_devices=2), stdout=subprocess.DEVNULL,
-          stderr=subprocess.PIPE, text=True, start_new_session=True)
+          stderr=open(tmp_path / f"process_{i}.log", "w"), start_new_session=True)
       for i in range(2)]
+  metrics = tmp_path / "run" / "metrics.jsonl"
   try:
+    # A logged step has all-reduced gradients over both processes: both are in the loop.
     deadline = time.monotonic() + 300
-    while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
+    while (time.monotonic() < deadline and all(p.poll() is None for p in processes)
+           and not (metrics.exists() and metrics.read_text())):
       time.sleep(0.1)
     processes[1].send_signal(signal.SIGINT)  # Ctrl-C in the terminal of one host.
-    outputs = [p.communicate(timeout=300)[1] for p in processes]
+    for p in processes:
+      p.wait(timeout=300)
   finally:
     kill_leftovers(processes)
+  outputs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
   assert [p.returncode for p in processes] == [143, 130], [o[-3000:] for o in outputs]
   assert "Stopped by a SIGTERM or SIGINT to a process of this run after step" in outputs[0]
   assert "Stopped by SIGINT after step" in outputs[1]
   steps = {o.split(" after step ")[1].split(";")[0] for o in outputs}
   assert len(steps) == 1, outputs  # Both stopped at the same step...
-  assert os.listdir(tmp_path / "checkpoints") == list(steps)  # ...and saved it together.
+  assert os.listdir(tmp_path / "run" / "checkpoints") == list(steps)  # ...and saved it together.
