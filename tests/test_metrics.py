@@ -68,6 +68,7 @@ def test_frechet_distance_of_singular_covariances_is_quiet_and_matches(recwarn):
                              _frechet_by_eigendecomposition(mu1, sigma1, mu2, sigma2), rtol=1e-4)
   assert not [w for w in recwarn if issubclass(w.category, scipy.linalg.LinAlgWarning)]
 
+
 def test_frechet_distance_raises_on_a_large_imaginary_component():
   # Not covariances, but sqrtm(I (-I)) = i I reliably: finite, complex, imaginary diagonal 1.
   eye = np.eye(3)

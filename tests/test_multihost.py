@@ -24,17 +24,23 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_all_devices(tmp_path):
+def launch_two_processes(args, workdir, logs, num_devices):
+  """Processes 0 and 1 of one run of gen.main, over loopback, with `num_devices` CPU devices
+  each; process i writes its stderr to `logs / process_<i>.log`."""
   port = free_port()
-  args = [f"--config.{key}={value}".replace(" ", "") for key, value in OVERRIDES.items()]
-  processes = [
+  return [
       subprocess.Popen(
-          [sys.executable, "-m", "gen.main", "--config=experiments/dcgan_digits.py", *args,
-           f"--workdir={tmp_path / 'two'}", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2", f"--process_id={i}"],
-          cwd=ROOT, env=cli_env(num_devices=4), stdout=subprocess.DEVNULL,
-          stderr=open(tmp_path / f"process_{i}.log", "w"), start_new_session=True)
+          [sys.executable, "-m", "gen.main", *args, f"--workdir={workdir}",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+          cwd=ROOT, env=cli_env(num_devices=num_devices), stdout=subprocess.DEVNULL,
+          stderr=open(logs / f"process_{i}.log", "w"), start_new_session=True)
       for i in range(2)]
+
+
+def test_two_processes_match_one_process_with_all_devices(tmp_path):
+  args = [f"--config.{key}={value}".replace(" ", "") for key, value in OVERRIDES.items()]
+  processes = launch_two_processes(["--config=experiments/dcgan_digits.py", *args],
+                                   tmp_path / "two", tmp_path, num_devices=4)
   try:
     codes = [p.wait(timeout=400) for p in processes]
   finally:  # Whatever happened, no process outlives the test.
@@ -61,17 +67,10 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
 
 def test_ctrl_c_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
   # SIGINT is passed on as SIGTERM to JAX's preemption notifier, so this covers both signals.
-  port = free_port()
-  processes = [
-      subprocess.Popen(
-          [sys.executable, "-m", "gen.main", "--config=experiments/gan_ring2d.py",
-           "--config.num_steps=10000000", "--config.batch_size=16", "--config.log_every=100",
-           "--config.checkpoint_every=100000", "--config.model.hidden=(16,16)",
-           f"--workdir={tmp_path / 'run'}", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2", f"--process_id={i}"],
-          cwd=ROOT, env=cli_env(num_devices=2), stdout=subprocess.DEVNULL,
-          stderr=open(tmp_path / f"process_{i}.log", "w"), start_new_session=True)
-      for i in range(2)]
+  processes = launch_two_processes(
+      ["--config=experiments/gan_ring2d.py", "--config.num_steps=10000000",
+       "--config.batch_size=16", "--config.log_every=100", "--config.checkpoint_every=100000",
+       "--config.model.hidden=(16,16)"], tmp_path / "run", tmp_path, num_devices=2)
   metrics = tmp_path / "run" / "metrics.jsonl"
   try:
     # A logged step has all-reduced gradients over both processes: both are in the loop.
