@@ -12,7 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen import cli
 from gen.models.layers import Conv, ConvTranspose, Dropout
+
+cli.set_xla_defaults()  # The XLA:CPU kernels gen's own programs run with.
 
 
 def _median_ms(fn, *args) -> float:

@@ -1,8 +1,8 @@
 """PyTorch eager re-implementations of gen's dcgan_mnist and vae_mnist train steps, for timing.
 
 Layer for layer and parameter for parameter the same networks as gen.models.dcgan and
-gen.models.vae with the widths of experiments/dcgan_mnist.py and experiments/vae_mnist.py,
-and the same work per step as gen.steps.gan and gen.steps.vae, so that images/s can be
+gen.models.conv_vae with the widths of experiments/dcgan_mnist.py and experiments/vae_mnist.py,
+and the same work per step as gen.families.gan and gen.families.vae, so that images/s can be
 compared on the same CPU. Data is synthetic (random MNIST-shaped batches in [-1, 1]).
 
   python benchmarks/torch_reference.py dcgan_mnist [--batch_size=128] [--steps=30]
@@ -76,7 +76,7 @@ class Discriminator(nn.Module):
 
 
 class Encoder(nn.Module):
-  """images [B, C, H, W] -> (mean, log_var) [B, latent] (gen.models.vae.Encoder)."""
+  """images [B, C, H, W] -> (mean, log_var) [B, latent] (gen.models.conv_vae.Encoder)."""
 
   def __init__(self, latent_dim=16, features=(32, 64), channels=1, size=28):
     super().__init__()
@@ -95,7 +95,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """z [B, latent] -> Bernoulli logits [B, C, H, W] (gen.models.vae.Decoder)."""
+  """z [B, latent] -> Bernoulli logits [B, C, H, W] (gen.models.conv_vae.Decoder)."""
 
   def __init__(self, latent_dim=16, features=(64, 32), channels=1, size=28):
     super().__init__()
@@ -116,7 +116,7 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-  """x [B, C, H, W] -> (logits, mean, log_var), z by reparameterisation (gen.models.vae.VAE)."""
+  """x [B, C, H, W] -> (logits, mean, log_var), z by reparameterisation (gen.models.conv_vae.VAE)."""
 
   def __init__(self, latent_dim=16, features=(32, 64), channels=1, size=28):
     super().__init__()
@@ -145,7 +145,7 @@ def parameter_count(experiment: str) -> dict[str, int]:
 
 
 def _gan_step(modules):
-  """gen.steps.gan's step: one generator pass; D's update; G's update through the updated D."""
+  """gen.families.gan's step: one generator pass; D's update; G's update through the updated D."""
   generator, discriminator = modules["generator"], modules["discriminator"]
   adam = lambda m: torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999))
   g_opt, d_opt = adam(generator), adam(discriminator)
@@ -176,7 +176,7 @@ def _gan_step(modules):
 
 
 def _vae_step(modules):
-  """gen.steps.vae's step: Adam on the negative ELBO (Bernoulli likelihood, analytic KL)."""
+  """gen.families.vae's step: Adam on the negative ELBO (Bernoulli likelihood, analytic KL)."""
   vae = modules["vae"]
   opt = torch.optim.Adam(vae.parameters(), lr=1e-3, betas=(0.9, 0.999))
 

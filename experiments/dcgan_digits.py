@@ -1,7 +1,7 @@
 """DCGAN on scikit-learn's 8x8 digits: the default experiment, offline, minutes on 2 CPU cores."""
 import ml_collections
 
-from gen.steps import gan
+from gen.families import gan
 
 
 def get_config():
@@ -15,6 +15,7 @@ def get_config():
   config.eval_every = 2500
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
+  config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
 
   config.dataset = ml_collections.ConfigDict({"name": "digits", "split": "train"})
   config.model = ml_collections.ConfigDict({
@@ -26,7 +27,7 @@ def get_config():
   })
   config.gan = gan.options()
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
-  config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
+  config.optimizer = ml_collections.ConfigDict({"generator": dict(adam), "discriminator": dict(adam)})
   # Against the test split, with gen's digits classifier (python -m gen.classifiers digits).
   config.eval = ml_collections.ConfigDict({
       "metrics": ("classifier",), "split": "test", "num_samples": 10_000, "best_metric": "fd"})

@@ -5,7 +5,7 @@ and a generator EMA: all 25 modes and over 90% high-quality samples at step 20,0
 """
 import ml_collections
 
-from gen.steps import gan
+from gen.families import gan
 
 
 def get_config():
@@ -19,6 +19,7 @@ def get_config():
   config.eval_every = 5000
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
+  config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
 
   config.dataset = ml_collections.ConfigDict({"name": "grid2d", "split": "train"})
   config.model = ml_collections.ConfigDict({
@@ -30,7 +31,7 @@ def get_config():
   config.gan = gan.options(loss="hinge", ema_decay=0.999)
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
   config.optimizer = ml_collections.ConfigDict(
-      {"generator": adam, "discriminator": adam, "schedule": "constant"})
+      {"generator": dict(adam), "discriminator": dict(adam), "schedule": "constant"})
   # The VEEGAN/PacGAN protocol: 2,500 samples, high quality within 3 std of a mode.
   config.eval = ml_collections.ConfigDict({
       "metrics": ("modes",), "split": "test", "num_samples": 2500, "best_metric": "high_quality"})

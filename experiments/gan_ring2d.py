@@ -1,7 +1,7 @@
 """MLP GAN on 8 Gaussians on a circle of radius 2 (std 0.02), the mode-collapse benchmark."""
 import ml_collections
 
-from gen.steps import gan
+from gen.families import gan
 
 
 def get_config():
@@ -15,6 +15,7 @@ def get_config():
   config.eval_every = 5000
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
+  config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
 
   config.dataset = ml_collections.ConfigDict({"name": "ring2d", "split": "train"})
   config.model = ml_collections.ConfigDict({
@@ -25,7 +26,7 @@ def get_config():
   })
   config.gan = gan.options()
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
-  config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
+  config.optimizer = ml_collections.ConfigDict({"generator": dict(adam), "discriminator": dict(adam)})
   # The VEEGAN/PacGAN protocol: 2,500 samples, high quality within 3 std of a mode.
   config.eval = ml_collections.ConfigDict({
       "metrics": ("modes",), "split": "test", "num_samples": 2500, "best_metric": "high_quality"})

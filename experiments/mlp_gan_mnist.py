@@ -3,7 +3,7 @@ Dense 128 + LeakyReLU(0.01) -> 784 tanh, discriminator 784 -> Dense 128 + LeakyR
 1, non-saturating loss. MNIST comes through tfds (downloads on first use)."""
 import ml_collections
 
-from gen.steps import gan
+from gen.families import gan
 
 
 def get_config():
@@ -17,6 +17,7 @@ def get_config():
   config.eval_every = 10_000
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
+  config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
 
   config.dataset = ml_collections.ConfigDict({
       "name": "mnist", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
@@ -30,7 +31,7 @@ def get_config():
   })
   config.gan = gan.options()
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
-  config.optimizer = ml_collections.ConfigDict({"generator": adam, "discriminator": adam})
+  config.optimizer = ml_collections.ConfigDict({"generator": dict(adam), "discriminator": dict(adam)})
   # Against the test split, with gen's MNIST classifier (python -m gen.classifiers mnist).
   config.eval = ml_collections.ConfigDict({
       "metrics": ("classifier",), "split": "test", "num_samples": 10_000, "best_metric": "fd"})

@@ -1,7 +1,7 @@
 """Convolutional VAE on scikit-learn's 8x8 digits (Bernoulli likelihood on intensities), offline."""
 import ml_collections
 
-from gen.steps import vae
+from gen.families import vae
 
 
 def get_config():
@@ -15,6 +15,7 @@ def get_config():
   config.eval_every = 1000
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
+  config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
 
   config.dataset = ml_collections.ConfigDict({"name": "digits", "split": "train"})
   config.model = ml_collections.ConfigDict({

@@ -3,7 +3,7 @@ adversarial loss plus an L1 reconstruction loss (and the VAE's KL), with the GAN
 DCGAN discriminator on reconstructions and prior samples (Larsen et al. 2016)."""
 import ml_collections
 
-from gen.steps import gan, vaegan
+from gen.families import gan, vaegan
 
 
 def get_config():
@@ -17,6 +17,7 @@ def get_config():
   config.eval_every = 2500
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
+  config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
 
   config.dataset = ml_collections.ConfigDict({"name": "digits", "split": "train"})
   config.model = ml_collections.ConfigDict({
@@ -30,7 +31,7 @@ def get_config():
   config.vaegan = vaegan.options()
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
   config.optimizer = ml_collections.ConfigDict(
-      {"encoder": adam, "generator": adam, "discriminator": adam})
+      {"encoder": dict(adam), "generator": dict(adam), "discriminator": dict(adam)})
   # Reconstructions of the test split (PSNR/SSIM) and samples (gen's digits classifier).
   config.eval = ml_collections.ConfigDict({
       "metrics": ("reconstruction", "classifier"), "split": "test", "num_samples": 10_000,

@@ -3,7 +3,7 @@ critic without dropout or normalisation, gradient penalty λ=10, 5 critic steps 
 step, Adam(1e-4, 0.5, 0.9) with linear decay. CIFAR-10 comes through tfds."""
 import ml_collections
 
-from gen.steps import gan
+from gen.families import gan
 
 
 def get_config():
@@ -17,6 +17,7 @@ def get_config():
   config.eval_every = 10_000
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
+  config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
 
   config.dataset = ml_collections.ConfigDict({
       "name": "cifar10", "split": "train", "data_dir": ml_collections.FieldReference(None, str)})
@@ -31,7 +32,7 @@ def get_config():
   config.gan = gan.options(loss="wasserstein", gradient_penalty=10.0, n_critic=5)
   adam = {"learning_rate": 1e-4, "b1": 0.5, "b2": 0.9}
   config.optimizer = ml_collections.ConfigDict(
-      {"generator": adam, "discriminator": adam, "schedule": "linear"})
+      {"generator": dict(adam), "discriminator": dict(adam), "schedule": "linear"})
   # FID and IS against the test split (needs pytorch-fid's Inception weights, gen/inception.py).
   config.eval = ml_collections.ConfigDict({
       "metrics": ("inception",), "split": "test", "num_samples": 10_000, "best_metric": "fid"})

@@ -2,8 +2,8 @@
 
   python -m gen.bench <experiment> [--batch_size=B] [--steps=N] [--json] [--config.KEY=VALUE]
 
-The train step runs on synthetic batches already on the devices, so the number is the
-step's own speed; the input pipeline and the whole loop are measured apart, so a reader
+The train step runs on one batch of the dataset already on the devices, so the number is
+the step's own speed; the input pipeline and the whole loop are measured apart, so a reader
 sees which of the two bounds a run. FLOPs come from XLA's cost analysis of the compiled
 step; utilisation is against a matmul peak measured in the same process on CPU, or the
 vendor's dense peak on GPUs and TPUs.
@@ -65,14 +65,12 @@ def peak_flops_per_sec(dtype: str = "float32") -> tuple[float, str]:
   return 2 * n**3 / seconds, f"measured {n}x{n} f32 matmul on {device.device_kind}"
 
 
-def synthetic_batch(experiment, key):
-  import jax
-  import numpy as np
-  from gen import sharding
-  batch_size = experiment.step_batch_size
-  x = jax.random.uniform(key, (batch_size, *experiment.dataset.shape), minval=-1.0, maxval=1.0)
-  labels = experiment.sample_labels(batch_size)
-  return jax.device_put({"x": x, "label": labels}, sharding.batch_sharding(experiment.mesh))
+def device_batch(experiment):
+  """One training batch of the experiment (its family's batch spec), on the mesh."""
+  from gen import data, sharding
+  batch = next(iter(data.batch_dataset(experiment.dataset, experiment.step_batch_size,
+                                       experiment.config.seed, experiment.spec)))
+  return sharding.shard_batch(batch, experiment.mesh)
 
 
 @contextlib.contextmanager
@@ -98,13 +96,13 @@ def benchmark(config, steps: int = 20, warmup: int = 3) -> dict:
 
 def _benchmark(config, steps: int, warmup: int) -> dict:
   import jax
-  from gen import data, sharding, train
+  from gen import data, experiment as experiment_lib, sharding
 
   # Compile once against an empty persistent cache, and once more from it.
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gen-bench-cache-"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  experiment = train.build(config)
+  experiment = experiment_lib.build(config)
   state = experiment.init_state()
   start = time.perf_counter()
   step = experiment.compile_train_step(state)
@@ -114,9 +112,9 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   step = experiment.compile_train_step(state)
   compile_cached_s = time.perf_counter() - start
 
-  flops_per_step = train.flops_per_step(step)
+  flops_per_step = experiment_lib.flops_per_step(step)
 
-  batch = synthetic_batch(experiment, jax.random.key(0))
+  batch = device_batch(experiment)
   for _ in range(warmup):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -128,9 +126,11 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
     times.append(time.perf_counter() - begin)
   step_s = statistics.median(times)
   batch_size = experiment.step_batch_size  # Examples a step consumes (n_critic batches for GANs).
+  unit, per_example = experiment.family.throughput_unit(config)
 
   # The input pipeline alone, as the loop consumes it (prefetching onto the mesh).
-  batches = data.DeviceIterator(experiment.dataset, batch_size, config.seed, experiment.mesh)
+  batches = data.DeviceIterator(experiment.dataset, batch_size, config.seed, experiment.mesh,
+                                spec=experiment.spec)
   jax.block_until_ready(next(batches))
   begin = time.perf_counter()
   for _ in range(steps):
@@ -145,18 +145,21 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   loop_s = (time.perf_counter() - begin) / steps
   batches.close()
 
-  generate = experiment.compile_generate()
-  labels = jax.device_put(experiment.sample_labels(config.batch_size),
-                          sharding.batch_sharding(experiment.mesh))
-  generate(state, jax.random.key(0), labels).block_until_ready()
-  sample_s = _median_seconds(
-      lambda: generate(state, jax.random.key(1), labels).block_until_ready(), steps)
+  sampling = {}
+  if "generate" in experiment.functions:
+    generate = experiment.compile_generate()
+    labels = jax.device_put(experiment.sample_labels(config.batch_size),
+                            sharding.batch_sharding(experiment.mesh))
+    generate(state, jax.random.key(0), labels).block_until_ready()
+    sample_s = _median_seconds(
+        lambda: generate(state, jax.random.key(1), labels).block_until_ready(), steps)
+    sampling = {f"sample_{unit}_per_sec": config.batch_size * per_example / sample_s}
 
   peak, peak_source = peak_flops_per_sec()
   return {
       "experiment_batch_size": batch_size,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-      "images_per_sec": batch_size / step_s,
+      f"{unit}_per_sec": batch_size * per_example / step_s,
       "step_ms": 1e3 * step_s,
       "compile_s": compile_s,
       "compile_cached_s": compile_cached_s,
@@ -165,9 +168,9 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
       "peak_flops_per_sec": peak,
       "peak_source": peak_source,
       "mfu": flops_per_step / step_s / peak,
-      "input_images_per_sec": batch_size / input_s,
-      "loop_images_per_sec": batch_size / loop_s,
-      "sample_images_per_sec": config.batch_size / sample_s,
+      f"input_{unit}_per_sec": batch_size * per_example / input_s,
+      f"loop_{unit}_per_sec": batch_size * per_example / loop_s,
+      **sampling,
   }
 
 def _op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -205,12 +208,12 @@ def _short(op_name: str) -> str:
 def profile(config, steps: int) -> tuple[list[tuple[str, str, float]], float]:
   """([(operation, source, ms per step)], ms per step) of the experiment's step."""
   import jax
-  from gen import train
-  experiment = train.build(config)
+  from gen import experiment as experiment_lib
+  experiment = experiment_lib.build(config)
   state = experiment.init_state()
   step = experiment.compile_train_step(state)
   sources = _op_sources(step.as_text())
-  batch = synthetic_batch(experiment, jax.random.key(0))
+  batch = device_batch(experiment)
   for _ in range(3):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -249,6 +252,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs()
+  cli.set_xla_defaults()
   config = cli.CONFIG.value
   if _BATCH_SIZE.value:
     config.batch_size = _BATCH_SIZE.value

@@ -1,11 +1,17 @@
-"""Checkpoints with Orbax: the train state and the data position, every N steps, keeping the last K.
+"""Checkpoints with Orbax: the train state and the data position, every N steps, keeping the last K;
+and the checkpoint of the best evaluation so far.
 
 Orbax writes a step into a temporary directory and renames it when complete, so a run
 killed mid-save leaves no step that looks finished. A finished step that cannot be read
 (truncated or corrupted files) is moved to `<checkpoints>_unreadable/` with a warning and
 the previous step is restored: it is kept for inspection, never deleted, and no longer
 counts towards the K kept.
+
+Each step records the format of the state it holds (`FORMAT`); a step of another format is
+refused with a message naming both, rather than a shape error.
 """
+import json
+import math
 import os
 import shutil
 from typing import Any
@@ -15,6 +21,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from gen import UsageError
+
+# The layout of the saved train state. 1: params, batch_stats, opt_state and ema as dicts by
+# module (gen before the family interface; such steps have no "meta" item). 2: a ModuleState
+# per module (gen.families).
+FORMAT = 2
 
 
 class Checkpointer:
@@ -28,7 +39,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": ocp.JsonCheckpointHandler()},
+                       "data": ocp.JsonCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
         # The directory appears with the first save: reading an empty workdir writes nothing.
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False,
                                              cleanup_tmp_directories=True))
@@ -42,7 +54,8 @@ class Checkpointer:
   def save(self, step: int, state, data_state: dict[str, Any]) -> None:
     """Starts an asynchronous save; the state may be donated to the next step right after."""
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave({"format": FORMAT})))
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, data_state) of `step`, placed like `abstract_state` (a pytree of
@@ -68,7 +81,19 @@ class Checkpointer:
         f"\nThey were moved to {self.directory}_unreadable/. Start afresh with a new --workdir, "
         f"or move them back if the failure was not in the files.")
 
+  def _format(self, step: int) -> int:
+    if not os.path.isdir(os.path.join(self.path(step), "meta")):
+      return 1
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return int(restored.meta["format"])
+
   def _restore(self, abstract_state, step: int):
+    stored_format = self._format(step)
+    if stored_format != FORMAT:
+      raise UsageError(
+          f"The checkpoint {self.path(step)} holds a train state of checkpoint format "
+          f"{stored_format}, and this gen reads format {FORMAT} (see gen/checkpoint.py). Train "
+          f"afresh with a new --workdir, or use the gen version that wrote it.")
     check_compatible(self._manager.item_metadata(step)["state"], abstract_state, self.path(step))
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -141,3 +166,43 @@ def _name(path) -> str:
 def abstract_like(tree, sharding):
   """ShapeDtypeStructs of `tree` with every leaf placed by `sharding`."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+class BestCheckpoint:
+  """Keeps the checkpoint with the best `metric` so far under <workdir>/checkpoints_best/, and
+  its value in <workdir>/eval/best.json."""
+
+  def __init__(self, workdir: str, metric: str | None, higher_is_better: bool = False):
+    self._metric = metric
+    self._better = max if higher_is_better else min
+    self._record = os.path.join(workdir, "eval", "best.json")
+    self._directory = os.path.join(workdir, "checkpoints_best")
+    self._checkpointer = None  # Opened at the first save, so that close() is all there is to undo.
+    self.value = None
+    if metric and os.path.exists(self._record):
+      with open(self._record) as f:
+        self.value = json.load(f)["value"]
+
+  def update(self, step: int, state, data_state, results: dict) -> bool:
+    """Saves `state` when `results[metric]` beats the best so far; returns whether it did."""
+    if not self._metric:
+      return False
+    if self._metric not in results:
+      raise UsageError(f"config.eval.best_metric={self._metric!r} is not among the evaluated "
+                       f"metrics {sorted(results)}.")
+    value = results[self._metric]
+    if not math.isfinite(value) or (self.value is not None and
+                                    self._better(value, self.value) == self.value):
+      return False
+    self.value = value
+    self._checkpointer = self._checkpointer or Checkpointer(self._directory, 1)
+    self._checkpointer.save(step, state, data_state)
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(self._record), exist_ok=True)
+      with open(self._record, "w") as f:
+        json.dump({"metric": self._metric, "value": value, "step": step}, f)
+    return True
+
+  def close(self):
+    if self._checkpointer is not None:
+      self._checkpointer.close()

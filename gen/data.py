@@ -6,7 +6,9 @@ its own rows of every global batch, and a background thread places the batches o
 mesh ahead of the train step. The grain iterator's state is the data position that
 checkpoints store, so a resumed run sees the same batches as an uninterrupted one.
 
-Images leave this module as float32 NHWC in [-1, 1]; 2D mixtures as float32 [N, 2].
+Images leave this module as float32 NHWC in [-1, 1] ("model space"); 2D mixtures as float32
+[N, 2]. Datasets are found by name: gen's own (`DATASETS`), those added with `register`, and
+any image dataset of tensorflow-datasets.
 """
 import dataclasses
 import queue
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from gen import UsageError, sharding
@@ -31,24 +34,46 @@ class Dataset:
 
   Attributes:
     name: the dataset's name in configs.
-    kind: "image" ([H, W, C] in [-1, 1]) or "points" ([2]).
-    shape: the shape of one example.
+    spec: {field: jax.ShapeDtypeStruct} of one example: "x" (images [H, W, C] in [-1, 1],
+      points [2]) and "label" (int32 []) for gen's image and point datasets.
     num_examples: the size of the split.
-    num_classes: the number of labels.
-    read: indices [B] -> {"x": float32 [B, *shape], "label": int32 [B]}.
+    num_classes: the number of labels (0 where there are none).
+    read: indices [B] -> {field: [B, ...]}, every field of `spec`.
   """
   name: str
-  kind: str
-  shape: tuple[int, ...]
+  spec: dict[str, jax.ShapeDtypeStruct]
   num_examples: int
   num_classes: int
   read: Callable[[np.ndarray], dict[str, np.ndarray]]
 
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The shape of one example's "x"."""
+    return tuple(self.spec["x"].shape)
 
-def _in_memory(name, kind, x, labels, num_classes) -> Dataset:
+
+def to_unit_range(images):
+  """Model space [-1, 1] -> [0, 1], clipped: the range of images that leave gen and of the
+  likelihoods' targets. For NumPy and JAX arrays alike."""
+  return ((images + 1.0) * 0.5).clip(0.0, 1.0)
+
+
+def chunks(array, size: int):
+  """Consecutive slices of `array` of `size` rows (the last one shorter)."""
+  for start in range(0, len(array), size):
+    yield array[start:start + size]
+
+
+def examples_spec(x_shape, x_dtype=np.float32) -> dict[str, jax.ShapeDtypeStruct]:
+  """The spec of examples "x" of `x_shape` with int32 labels."""
+  return {"x": jax.ShapeDtypeStruct(tuple(x_shape), np.dtype(x_dtype)),
+          "label": jax.ShapeDtypeStruct((), np.dtype(np.int32))}
+
+
+def _in_memory(name, x, labels, num_classes) -> Dataset:
   x = np.ascontiguousarray(x, np.float32)
   labels = np.asarray(labels, np.int32)
-  return Dataset(name, kind, x.shape[1:], len(x), num_classes,
+  return Dataset(name, examples_spec(x.shape[1:]), len(x), num_classes,
                  lambda idx: {"x": x[idx], "label": labels[idx]})
 
 
@@ -60,7 +85,7 @@ def digits(split: str) -> Dataset:
   num_test = int(round(len(order) * _DIGITS_TEST_FRACTION))
   idx = {"train": order[num_test:], "test": order[:num_test]}[split]
   x = raw.images[idx, :, :, None] / 16.0 * 2.0 - 1.0
-  return _in_memory("digits", "image", x, raw.target[idx], 10)
+  return _in_memory("digits", x, raw.target[idx], 10)
 
 
 def ring_means(radius: float = 2.0, num_modes: int = 8) -> np.ndarray:
@@ -85,7 +110,7 @@ def mixture(name: str, split: str) -> Dataset:
   rng = np.random.default_rng([_SPLIT_SEED, ["train", "test"].index(split)])
   labels = rng.integers(len(means), size=_MIXTURE_SIZE[split])
   x = means[labels] + std * rng.standard_normal((len(labels), 2))
-  return _in_memory(name, "points", x, labels, len(means))
+  return _in_memory(name, x, labels, len(means))
 
 
 def _reachable(url: str = "https://storage.googleapis.com", timeout: float = 5.0) -> bool:
@@ -134,28 +159,48 @@ def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
     labels = np.asarray([e.get("label", 0) for e in examples], np.int32)
     return {"x": x, "label": labels}
 
-  return Dataset(name, "image", shape, len(source), num_classes, read)
+  return Dataset(name, examples_spec(shape), len(source), num_classes, read)
+
+
+# name -> load(dataset_config, split) -> Dataset. Any other name is a tfds image dataset.
+DATASETS: dict[str, Callable[[Any, str], Dataset]] = {
+    "digits": lambda config, split: digits(split),
+    **{name: (lambda config, split, name=name: mixture(name, split)) for name in MIXTURES},
+}
+
+
+def register(name: str, load_fn: Callable[[Any, str], Dataset]) -> None:
+  """Makes `config.dataset.name = name` load `load_fn(config.dataset, split)`; a name with a
+  "/" is matched by what comes before it too ("cycle_gan" for "cycle_gan/horse2zebra")."""
+  DATASETS[name] = load_fn
 
 
 def load(config, split: str | None = None) -> Dataset:
   """The dataset named by `config` (a `config.dataset` ConfigDict)."""
   split = split or config.split
-  if config.name == "digits":
-    return digits(split)
-  if config.name in MIXTURES:
-    return mixture(config.name, split)
+  load_fn = DATASETS.get(config.name) or DATASETS.get(config.name.split("/")[0])
+  if load_fn is not None:
+    return load_fn(config, split)
   return tfds_images(config.name, split, config.get("data_dir"))
 
 
-def batch_dataset(dataset: Dataset, batch_size: int, seed: int) -> grain.IterDataset:
-  """Endless, per-epoch reshuffled global batches, of which this process reads its rows."""
+def batch_dataset(dataset: Dataset, batch_size: int, seed: int, spec=None) -> grain.IterDataset:
+  """Endless, per-epoch reshuffled global batches, of which this process reads its rows: the
+  fields of `spec` (a batch spec {field: ShapeDtypeStruct}) in its dtypes, or all fields."""
   rows = sharding.process_batch_slice(batch_size)
+
+  def read(idx):
+    batch = dataset.read(idx[rows])
+    if spec is None:
+      return batch
+    return {name: np.asarray(batch[name], field.dtype) for name, field in spec.items()}
+
   return (grain.MapDataset.range(dataset.num_examples)
           .seed(seed)
           .shuffle()
           .repeat()
           .batch(batch_size, drop_remainder=True)
-          .map(lambda idx: dataset.read(idx[rows]))
+          .map(read)
           .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 
 
@@ -167,8 +212,8 @@ class DeviceIterator:
   """
 
   def __init__(self, dataset: Dataset, batch_size: int, seed: int, mesh,
-               state: dict[str, Any] | None = None, buffer_size: int = 2):
-    self._iterator = iter(batch_dataset(dataset, batch_size, seed))
+               state: dict[str, Any] | None = None, buffer_size: int = 2, spec=None):
+    self._iterator = iter(batch_dataset(dataset, batch_size, seed, spec))
     if state is not None:
       self._iterator.set_state(state)
     self.state = self._iterator.get_state()

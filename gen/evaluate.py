@@ -5,7 +5,8 @@
 `make_evaluator(experiment, workdir)` prepares everything that does not depend on the
 model (reference features of the evaluation split, cached in the workdir; the feature
 extractor; compiled samplers) once, and returns `evaluate(state) -> {metric: value}`.
-Metric groups (`config.eval.metrics`):
+Metric groups (`config.eval.metrics`): the shared ones below, which call the functions a
+family provides (gen.families: "generate", "reconstruct"), and a family's own `eval_groups`.
   modes           2D mixtures: modes captured, % high quality, KL(mode histogram || uniform)
   classifier      gen's domain classifier: Fréchet distance (fd), KID, precision/recall,
                   density/coverage of its features, and the classifier score of samples;
@@ -13,30 +14,37 @@ Metric groups (`config.eval.metrics`):
                   names the class a sample was asked for
   inception       the same on the FID Inception's pool3 features (fid, inception_*) and its
                   Inception score; needs pytorch-fid's weights file (see gen/inception.py)
-  likelihood      VAEs: ELBO and the IWAE bound on the evaluation split, nats and bits/dim
-  reconstruction  VAEs, VAE-GAN, VQ-VAE: PSNR and SSIM of reconstructions of the evaluation split
+  reconstruction  PSNR and SSIM of reconstructions of the evaluation split
+  likelihood      (the VAE family's) ELBO and the IWAE bound, nats and bits/dim
 """
-import json
-import math
+import dataclasses
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from gen import UsageError, checkpoint, classifiers, data, metrics, sharding
-from gen.steps import vae as vae_steps
-
-METRIC_GROUPS = ("modes", "classifier", "inception", "likelihood", "reconstruction")
-HIGHER_IS_BETTER = {"modes", "high_quality", "classifier_score", "label_accuracy", "precision",
-                    "recall", "density", "coverage", "elbo", "psnr", "ssim", "inception_score",
-                    "inception_precision", "inception_recall", "inception_density",
-                    "inception_coverage"}
+from gen import UsageError, classifiers, data, metrics, sharding
+from gen.families import EvalGroup
 
 
-def _batches(array, batch_size):
-  for start in range(0, len(array), batch_size):
-    yield array[start:start + batch_size]
+@dataclasses.dataclass
+class EvalContext:
+  """What an evaluation group is built from.
+
+  Attributes:
+    experiment: the gen.experiment.Experiment evaluated.
+    split: the evaluation split (`config.eval.split`) of the experiment's dataset.
+    workdir: where reference features are cached (None: not cached).
+    samples: samples(state) -> (config.eval.num_samples samples in model space, the classes
+      they were asked for), from the same noise at every evaluation.
+  """
+  experiment: Any
+  split: data.Dataset
+  workdir: str | None
+  samples: Callable
 
 
 def _reference_features(workdir, dataset, images, extract, extractor: str) -> dict:
@@ -57,7 +65,7 @@ def _features(predict, images, batch_size: int, mesh) -> dict:
   """{"probabilities", "features"} of images, in fixed-size batches split over the devices."""
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
   outputs = []
-  for chunk in _batches(images, batch_size):
+  for chunk in data.chunks(images, batch_size):
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
     # Every process holds all images here, so a global array is placed from each copy.
     probabilities, features = predict(jax.device_put(padded, sharding.batch_sharding(mesh)))
@@ -81,107 +89,131 @@ def _feature_metrics(reference: dict, fake: dict) -> dict:
   }
 
 
+def _modes(context):
+  if context.split.name not in data.MIXTURES:
+    raise UsageError(f"The modes group needs a 2D mixture ({sorted(data.MIXTURES)}); "
+                     f"{context.split.name} is not one.")
+  means_fn, std = data.MIXTURES[context.split.name]
+
+  def modes(state):
+    points, _ = context.samples(state)
+    coverage = metrics.mixture_mode_coverage(points, means_fn(), std)
+    return {**coverage, "mode_kl": metrics.mixture_mode_histogram_kl(points, means_fn(), std)}
+
+  return modes
+
+
+def _feature_group(context, predict, extractor: str, batch_size: int, rename,
+                   label_accuracy: bool = False):
+  experiment, split = context.experiment, context.split
+  extract = lambda images: _features(predict, images, batch_size, experiment.mesh)
+  real = split.read(np.arange(split.num_examples))["x"]
+  reference = _reference_features(context.workdir, split, real, extract, extractor)
+
+  def feature_metrics(state):
+    start = time.perf_counter()
+    images, requested = context.samples(state)
+    fake = extract(images)
+    throughput = len(fake["features"]) / (time.perf_counter() - start)
+    results = {rename(k): v for k, v in _feature_metrics(reference, fake).items()}
+    if label_accuracy and experiment.num_classes:
+      accuracy = np.mean(fake["probabilities"].argmax(-1) == requested)
+      results[rename("label_accuracy")] = float(accuracy)
+    # Sampling and feature extraction together.
+    return {**results, rename("eval_images_per_sec"): throughput}
+
+  return feature_metrics
+
+
+def _classifier(context):
+  split = context.split
+  predict = classifiers.make_predict(classifiers.load_or_train(split.name), split.num_classes)
+  return _feature_group(context, predict, f"classifier_v{classifiers.VERSION}", 500,
+                        lambda k: "classifier_score" if k == "score" else k, label_accuracy=True)
+
+
+def _inception(context):
+  from gen import inception  # Its weights are a 95 MB download: only when asked for.
+  try:
+    extract_inception = inception.make_feature_fn(inception.load_params())
+  except FileNotFoundError as e:
+    raise UsageError(str(e)) from e
+
+  def predict(images):
+    outputs = extract_inception(data.to_unit_range(images))
+    # The Inception score of Improved-GAN/TTUR takes the softmax of pool3 @ W, no bias.
+    return jax.nn.softmax(outputs["logits_unbiased"]), outputs["pool3"]
+
+  return _feature_group(context, predict, "inception_2015-12-05", 50,
+                        lambda k: {"fd": "fid", "score": "inception_score"}.get(k, f"inception_{k}"))
+
+
+def _reconstruction(context):
+  experiment, split = context.experiment, context.split
+  reconstruct = jax.jit(experiment.functions["reconstruct"])
+  examples = split.read(np.arange(split.num_examples))
+  x = examples["x"]
+  # A conditional model reconstructs each example given its label: (x, labels) chunks.
+  inputs = (x, examples["label"]) if experiment.num_classes else (x,)
+
+  def reconstruction(state):
+    recon = np.concatenate([np.asarray(reconstruct(state, *chunk))
+                            for chunk in zip(*[data.chunks(a, 128) for a in inputs])])
+    real, recon = data.to_unit_range(x), data.to_unit_range(recon)
+    return {"psnr": float(np.mean(metrics.psnr(real, recon))),
+            "ssim": float(np.mean(metrics.ssim(real, recon)))}
+
+  return reconstruction
+
+
+_FEATURE_METRICS = {"precision", "recall", "density", "coverage"}
+GROUPS = {
+    "modes": EvalGroup(_modes, ("generate",), frozenset({"modes", "high_quality"})),
+    "classifier": EvalGroup(_classifier, ("generate",), frozenset(
+        {"classifier_score", "label_accuracy", *_FEATURE_METRICS})),
+    "inception": EvalGroup(_inception, ("generate",), frozenset(
+        {"inception_score", *(f"inception_{k}" for k in _FEATURE_METRICS)})),
+    "reconstruction": EvalGroup(_reconstruction, ("reconstruct",), frozenset({"psnr", "ssim"})),
+}
+
+
+def groups(experiment) -> dict[str, EvalGroup]:
+  """The groups of `config.eval.metrics`, checked: known, and given the functions they need."""
+  available = {**GROUPS, **experiment.family.eval_groups}
+  chosen = {}
+  for name in experiment.config.eval.metrics:
+    if name not in available:
+      raise UsageError(f"config.eval.metrics has the unknown group {name!r}; for a model of "
+                       f"the {experiment.family.name} family: {sorted(available)}.")
+    missing = [f for f in available[name].needs if f not in experiment.functions]
+    if missing:
+      raise UsageError(f"config.eval.metrics: the {name!r} group needs the function(s) "
+                       f"{missing}, which the {experiment.family.name} family does not have.")
+    chosen[name] = available[name]
+  return chosen
+
+
+def higher_is_better(experiment, metric: str) -> bool:
+  """Whether a larger value of `metric` is better, as the group computing it says."""
+  return any(metric in group.higher_is_better for group in groups(experiment).values())
+
+
 def make_evaluator(experiment, workdir: str | None = None):
   """evaluate(state) -> {metric name: float} for the groups in `config.eval.metrics`."""
   config = experiment.config
-  groups = tuple(config.eval.metrics)
-  unknown = set(groups) - set(METRIC_GROUPS)
-  if unknown:
-    raise UsageError(f"config.eval.metrics has unknown groups {sorted(unknown)}; "
-                     f"known: {METRIC_GROUPS}.")
+  chosen = groups(experiment)
   split = data.load(config.dataset, config.eval.split)
-  evaluations = []
-  sampler = experiment.sampler()
+  sampler = experiment.sampler() if "generate" in experiment.functions else None
 
-  def samples(state) -> np.ndarray:
-    """config.eval.num_samples samples in model space, the same noise at every evaluation."""
+  def samples(state):
+    """config.eval.num_samples samples in model space, the same noise at every evaluation, and
+    the classes they were asked for (every class in turn)."""
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    return sampler(state, config.eval.num_samples, key)
+    num = config.eval.num_samples
+    return sampler(state, num, key), experiment.sample_labels(num)
 
-  if "modes" in groups:
-    means_fn, std = data.MIXTURES[split.name]
-
-    def modes(state):
-      points = samples(state)
-      coverage = metrics.mixture_mode_coverage(points, means_fn(), std)
-      return {**coverage, "mode_kl": metrics.mixture_mode_histogram_kl(points, means_fn(), std)}
-
-    evaluations.append(modes)
-
-  def feature_group(predict, extractor: str, batch_size: int, rename, label_accuracy=False):
-    extract = lambda images: _features(predict, images, batch_size, experiment.mesh)
-    real = split.read(np.arange(split.num_examples))["x"]
-    reference = _reference_features(workdir, split, real, extract, extractor)
-
-    def feature_metrics(state):
-      start = time.perf_counter()
-      fake = extract(samples(state))
-      throughput = len(fake["features"]) / (time.perf_counter() - start)
-      results = {rename(k): v for k, v in _feature_metrics(reference, fake).items()}
-      if label_accuracy and experiment.num_classes:
-        # The sampler asks for every class in turn.
-        requested = experiment.sample_labels(len(fake["probabilities"]))
-        accuracy = np.mean(fake["probabilities"].argmax(-1) == requested)
-        results[rename("label_accuracy")] = float(accuracy)
-      # Sampling and feature extraction together.
-      return {**results, rename("eval_images_per_sec"): throughput}
-
-    return feature_metrics
-
-  if "classifier" in groups:
-    predict = classifiers.make_predict(classifiers.load_or_train(split.name), split.num_classes)
-    evaluations.append(feature_group(
-        predict, f"classifier_v{classifiers.VERSION}", 500,
-        lambda k: "classifier_score" if k == "score" else k, label_accuracy=True))
-
-  if "inception" in groups:
-    from gen import inception  # Its weights are a 95 MB download: only when asked for.
-    try:
-      extract_inception = inception.make_feature_fn(inception.load_params())
-    except FileNotFoundError as e:
-      raise UsageError(str(e)) from e
-
-    def predict(images):
-      outputs = extract_inception((images + 1.0) / 2.0)
-      # The Inception score of Improved-GAN/TTUR takes the softmax of pool3 @ W, no bias.
-      return jax.nn.softmax(outputs["logits_unbiased"]), outputs["pool3"]
-
-    evaluations.append(feature_group(
-        predict, "inception_2015-12-05", 50,
-        lambda k: {"fd": "fid", "score": "inception_score"}.get(k, f"inception_{k}")))
-
-  if "likelihood" in groups:
-    bounds = jax.jit(vae_steps.make_bounds(experiment.models, config, config.eval.iwae_samples))
-    examples = split.read(np.arange(split.num_examples))
-    # A conditional model's bounds are given each example's label: (x, labels) chunks.
-    inputs = (examples["x"], examples["label"]) if experiment.num_classes else (examples["x"],)
-    dims = math.prod(split.shape)
-
-    def likelihood(state):
-      key = jax.random.fold_in(jax.random.key(config.seed), 3)
-      elbo, iwae = map(np.concatenate, zip(*[
-          jax.device_get(bounds(state, chunk[0], jax.random.fold_in(key, i), *chunk[1:]))
-          for i, chunk in enumerate(zip(*[_batches(a, 128) for a in inputs]))]))
-      nll = -float(iwae.mean())
-      return {"elbo": float(elbo.mean()), "nll_iwae": nll, "bits_per_dim": nll / (dims * math.log(2))}
-
-    evaluations.append(likelihood)
-
-  if "reconstruction" in groups:
-    reconstruct = jax.jit(experiment.family.make_reconstruct(experiment.models, config))
-    examples = split.read(np.arange(split.num_examples))
-    x = examples["x"]
-    # A conditional model reconstructs each example given its label: (x, labels) chunks.
-    inputs = (x, examples["label"]) if experiment.num_classes else (x,)
-    to_unit = lambda images: (np.asarray(images) + 1.0) / 2.0
-
-    def reconstruction(state):
-      recon = np.concatenate([np.asarray(reconstruct(state, *chunk))
-                              for chunk in zip(*[_batches(a, 128) for a in inputs])])
-      return {"psnr": float(np.mean(metrics.psnr(to_unit(x), to_unit(recon)))),
-              "ssim": float(np.mean(metrics.ssim(to_unit(x), to_unit(recon))))}
-
-    evaluations.append(reconstruction)
+  context = EvalContext(experiment, split, workdir, samples)
+  evaluations = [group.make(context) for group in chosen.values()]
 
   def evaluate(state) -> dict[str, float]:
     start = time.perf_counter()
@@ -194,57 +226,11 @@ def make_evaluator(experiment, workdir: str | None = None):
   return evaluate
 
 
-def write(workdir: str, step: int, results: dict) -> str:
-  path = os.path.join(workdir, "eval", f"{step}.json")
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump({"step": step, **results}, f, indent=2)
-  return path
-
-
-class BestCheckpoint:
-  """Keeps the checkpoint with the best `metric` so far under <workdir>/checkpoints_best/."""
-
-  def __init__(self, workdir: str, metric: str | None):
-    self._metric = metric
-    self._record = os.path.join(workdir, "eval", "best.json")
-    self._directory = os.path.join(workdir, "checkpoints_best")
-    self._checkpointer = None  # Opened at the first save, so that close() is all there is to undo.
-    self.value = None
-    if metric and os.path.exists(self._record):
-      with open(self._record) as f:
-        self.value = json.load(f)["value"]
-
-  def update(self, step: int, state, data_state, results: dict) -> bool:
-    """Saves `state` when `results[metric]` beats the best so far; returns whether it did."""
-    if not self._metric:
-      return False
-    if self._metric not in results:
-      raise UsageError(f"config.eval.best_metric={self._metric!r} is not among the evaluated "
-                       f"metrics {sorted(results)}.")
-    value = results[self._metric]
-    better = max if self._metric in HIGHER_IS_BETTER else min
-    if not math.isfinite(value) or (self.value is not None and better(value, self.value) == self.value):
-      return False
-    self.value = value
-    self._checkpointer = self._checkpointer or checkpoint.Checkpointer(self._directory, 1)
-    self._checkpointer.save(step, state, data_state)
-    if jax.process_index() == 0:
-      with open(self._record, "w") as f:
-        json.dump({"metric": self._metric, "value": value, "step": step}, f)
-    return True
-
-  def close(self):
-    if self._checkpointer is not None:
-      self._checkpointer.close()
-
-
 def evaluate_latest(config, workdir: str, mesh=None) -> dict:
   """Restores the latest checkpoint of `workdir`, evaluates it and writes eval/<step>.json."""
-  from gen import train  # train imports this module for periodic evaluation.
-  experiment = train.build(config, mesh)
-  state = train.restore_latest(experiment, workdir)
+  from gen import experiment as experiment_lib, writers
+  experiment = experiment_lib.build(config, mesh)
+  state = experiment_lib.restore_latest(experiment, workdir)
   results = make_evaluator(experiment, workdir)(state)
-  write(workdir, int(state.step), results)
+  writers.write_eval(workdir, int(state.step), results)
   return {"step": int(state.step), **results}

@@ -1,7 +1,8 @@
 """Entry point: `python -m gen.main --config=experiments/<name>.py --workdir=DIR --mode=train|sample|eval|report`.
 
 Config values are overridden with `--config.KEY=VALUE`; the config is locked, so a
-mistyped key fails here, before anything is built or compiled.
+mistyped key fails here, before anything is built or compiled. `--mode=sample` takes the
+flags of every family's `sample_flags` (gen.families), each for the models of its family.
 """
 import json
 import os
@@ -9,7 +10,7 @@ import sys
 
 from absl import app, flags, logging
 
-from gen import UsageError, cli
+from gen import UsageError, cli, families
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "report"],
@@ -17,8 +18,6 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "report"]
                           "latest checkpoint, written to <workdir>/eval/<step>.json); report "
                           "(plots and summary.md from the workdir's files, without JAX).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "--mode=sample: how many samples.")
-_LABELS = flags.DEFINE_list("labels", None, "--mode=sample, conditional models: the classes "
-                            "to sample, in turn (e.g. 0,1,2); default: every class in turn.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-process runs started by hand: HOST:PORT of process 0, "
     "the same for every process (SLURM and Cloud TPU are detected without it).")
@@ -27,6 +26,22 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this
 _OUTPUT = flags.DEFINE_string("output", None,
                               "--mode=sample: the .npz to write (default <workdir>/samples.npz).")
 
+
+def _define_sample_flags() -> list[str]:
+  """Defines the --mode=sample flags the families declare; returns their names."""
+  defined = {}
+  for name in families.builtin():
+    for flag, (kind, default, help_text) in families.get(name).sample_flags.items():
+      if flag in defined:
+        if defined[flag] != kind:
+          raise ValueError(f"--{flag} is declared as {defined[flag]} and {kind} by two families.")
+        continue
+      getattr(flags, f"DEFINE_{kind}")(flag, default, help_text)
+      defined[flag] = kind
+  return sorted(defined)
+
+
+_SAMPLE_FLAGS = _define_sample_flags()
 
 
 def main(argv):
@@ -46,7 +61,9 @@ def main(argv):
     print(paths[-1])
     return
 
-  from gen import evaluate, sharding, train  # Late: flag errors come before JAX starts.
+  # Late: flag errors come before JAX starts.
+  from gen import evaluate, experiment, sharding, train
+  cli.set_xla_defaults()
   try:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cli.enable_compilation_cache()
@@ -55,13 +72,9 @@ def main(argv):
       train.train(config, _WORKDIR.value)
     elif _MODE.value == "sample":
       output = _OUTPUT.value or os.path.join(_WORKDIR.value, "samples.npz")
-      labels = None
-      if _LABELS.value is not None:
-        try:
-          labels = [int(label) for label in _LABELS.value]
-        except ValueError:
-          cli.fail(f"--labels={','.join(_LABELS.value)}: give integer classes, e.g. --labels=0,1,2.")
-      train.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, output, labels=labels)
+      given = {name: flags.FLAGS[name].value for name in _SAMPLE_FLAGS
+               if flags.FLAGS[name].present}
+      experiment.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, output, **given)
     else:
       results = evaluate.evaluate_latest(config, _WORKDIR.value)
       print(json.dumps(results, indent=2))

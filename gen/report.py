@@ -17,8 +17,9 @@ import statistics
 from gen import UsageError
 
 # Scalars of metrics.jsonl that measure the run rather than the model: not plotted as losses.
-THROUGHPUT_KEYS = ("images_per_sec", "gflops_per_sec")
-_NOT_PLOTTED = {"step", "time", "skipped_steps", *THROUGHPUT_KEYS}
+# The loop logs <unit>_per_sec in the unit its family counts (images, tokens) and gflops_per_sec.
+_THROUGHPUT = re.compile(r"^(\w+)_per_sec$")
+_NOT_PLOTTED = {"step", "time", "skipped_steps"}
 # Keys of eval/<step>.json that time the evaluation rather than score the model.
 _EVAL_TIMINGS = re.compile(r"(^step$|eval_seconds$|_per_sec$)")
 _STEP_FILE = re.compile(r"^(\d+)\.json$")
@@ -55,7 +56,7 @@ def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
   by_name = {}
   for record in records:
     for name, value in record.items():
-      if name in _NOT_PLOTTED or name.startswith("eval/"):
+      if name in _NOT_PLOTTED or name.startswith("eval/") or _THROUGHPUT.match(name):
         continue
       by_name.setdefault(name, {})[record["step"]] = value
   series = {name: _finite_sorted(values) for name, values in sorted(by_name.items())}
@@ -174,11 +175,14 @@ def summary(workdir: str, config: dict | None, records: list[dict], evals: dict,
     lines.append("")
   of_total = f" of {config['num_steps']}" if config and "num_steps" in config else ""
   lines.append(f"- Final step: {final_step}{of_total}")
-  images_per_sec, gflops = _finite(records, "images_per_sec"), _finite(records, "gflops_per_sec")
-  if images_per_sec:
-    gflops = f", {statistics.median(gflops):.2f} GFLOP/s" if any(gflops) else ""
-    lines.append(f"- Throughput, median of {len(images_per_sec)} logged steps: "
-                 f"{statistics.median(images_per_sec):.1f} images/s{gflops}")
+  units = sorted({m.group(1) for r in records for k in r if (m := _THROUGHPUT.match(k))} -
+                 {"gflops"})
+  gflops = _finite(records, "gflops_per_sec")
+  for unit in units:
+    per_sec = _finite(records, f"{unit}_per_sec")
+    rate = f", {statistics.median(gflops):.2f} GFLOP/s" if any(gflops) else ""
+    lines.append(f"- Throughput, median of {len(per_sec)} logged steps: "
+                 f"{statistics.median(per_sec):.1f} {unit}/s{rate}")
   skipped = max((r.get("skipped_steps", 0) for r in records), default=0)
   if skipped:
     lines.append(f"- Steps skipped for a non-finite loss or update: {skipped:.0f}")

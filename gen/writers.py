@@ -1,4 +1,5 @@
-"""Where a run's outputs go: scalars to the console, metrics.jsonl and TensorBoard; images to PNG.
+"""Where a run's outputs go: scalars to the console, metrics.jsonl and TensorBoard; images to
+PNG and TensorBoard; text to files and TensorBoard's text tab.
 
 Only process 0 writes; other processes get writers that do nothing.
 """
@@ -12,10 +13,12 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw
 
+from gen import data
+
 
 def to_unit_range(images) -> np.ndarray:
-  """Model space [-1, 1] -> [0, 1], the range of every image that leaves gen."""
-  return np.clip((np.asarray(images, np.float32) + 1.0) * 0.5, 0.0, 1.0)
+  """Model space [-1, 1] -> float32 NumPy in [0, 1], the range of every image that leaves gen."""
+  return data.to_unit_range(np.asarray(images, np.float32))
 
 
 def image_grid(images, columns: int | None = None, pad: int = 1, min_size: int = 32) -> np.ndarray:
@@ -81,6 +84,16 @@ def latent_scatter(points, labels, size: int = 400, margin: int = 12) -> np.ndar
   return np.asarray(canvas)
 
 
+def write_eval(workdir: str, step: int, results: dict) -> str:
+  """<workdir>/eval/<step>.json: the step's evaluation (process 0 only); returns its path."""
+  path = os.path.join(workdir, "eval", f"{step}.json")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"step": step, **results}, f, indent=2)
+  return path
+
+
 def save_png(path: str, pixels: np.ndarray) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)
@@ -136,6 +149,10 @@ class MetricWriter:
   def write_image(self, step: int, name: str, pixels: np.ndarray) -> None:
     if self._enabled:
       self._tensorboard.add_image(name, pixels, step, dataformats="HWC")
+
+  def write_text(self, step: int, name: str, text: str) -> None:
+    if self._enabled:
+      self._tensorboard.add_text(name, text, step)
 
   def close(self) -> None:
     if self._enabled:

@@ -2,6 +2,13 @@
 
 Single-device tests build a mesh over `jax.devices()[:1]`; subprocess tests choose
 their own device count through `cli_env`.
+
+Most of the suite's time is XLA compiling train steps that then run a few steps: those
+programs are compiled with XLA's optimisations off (`UNOPTIMIZED`; 3x faster to compile,
+slower to run), in this process through `Experiment.compiler_options` and in the gen
+processes tests start through XLA_FLAGS. A test that runs many steps is marked
+`@pytest.mark.optimized`, or starts its processes with `cli_env(optimized=True)`. The
+digits classifier, which evaluation needs, is trained once before the tests, optimised.
 """
 import os
 import pathlib
@@ -18,6 +25,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
+
+from gen import cli  # noqa: E402
+
+cli.set_xla_defaults()  # As gen's entry points do, before JAX starts.
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py")
@@ -73,9 +84,14 @@ def kill_leftovers(processes) -> None:
       process.wait()
 
 
-def cli_env(num_devices: int = 1) -> dict:
+UNOPTIMIZED = {"xla_backend_optimization_level": 0}
+
+
+def cli_env(num_devices: int = 1, optimized: bool = False) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  if not optimized:
+    env["XLA_FLAGS"] += "".join(f" --{k}={v}" for k, v in UNOPTIMIZED.items())
   env["PYTHONPATH"] = str(ROOT)
   env["JAX_PLATFORMS"] = "cpu"
   return env
@@ -87,3 +103,25 @@ def single_device_mesh():
   from gen import sharding
   return sharding.make_mesh(jax.devices()[:1])
 
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "optimized: compile the experiment's programs with XLA's "
+                                     "optimisations (a test that runs many steps)")
+
+
+@pytest.fixture(autouse=True)
+def _unoptimized_short_runs(request, monkeypatch):
+  if request.node.get_closest_marker("optimized") is None:
+    from gen import experiment
+    monkeypatch.setattr(experiment.Experiment, "compiler_options", UNOPTIMIZED)
+
+
+def pytest_sessionstart(session):
+  """Trains the digits classifier once, before any worker needs it (xdist's controller, or the
+  only process without xdist)."""
+  if hasattr(session.config, "workerinput"):
+    return
+  from gen import classifiers
+  if not os.path.exists(classifiers.weights_path("digits")):
+    classifiers.save("digits", *classifiers.train("digits"))

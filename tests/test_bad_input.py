@@ -39,13 +39,19 @@ CASES = {
                                   ["unknown config key in the overrides: 'hiden' Did you mean "
                                    "\"hidden\""]),
     "wrong value type": (["--config.batch_size=many"], 1, ["batch_size", "many"]),
+    "value out of range": (["--config.model.latent_dim=0"], 1,
+                           ["config.model.latent_dim=0 must be an integer of at least 1"]),
+    "negative learning rate": (["--config.optimizer.generator.learning_rate=-1"], 1,
+                               ["config.optimizer.generator.learning_rate=-1.0 must be positive"]),
     "batch not divisible by the devices": (["--config.batch_size=12"], 8,
                                            ["batch_size=12", "8 devices", "--config.batch_size=8"]),
     "checkpoint of a different model": (["--config.model.latent_dim=3"], 1,
-                                        ["different model", "params.generator.Dense_0.kernel",
+                                        ["different model",
+                                         "modules.generator.params.Dense_0.kernel",
                                          "shape (2, 16) there and (3, 16)", "new --workdir"]),
     "sampling a different model": (["--config.model.latent_dim=3", "--mode=sample"], 1,
-                                   ["different model", "params.generator.Dense_0.kernel"]),
+                                   ["different model",
+                                    "modules.generator.params.Dense_0.kernel"]),
 }
 
 
@@ -104,8 +110,9 @@ def test_unknown_experiment():
 
 def test_a_config_without_a_required_key_names_it(single_device_mesh):
   import ml_collections
-  from gen import UsageError, cli, train
+  from gen import UsageError, cli
+  from gen.experiment import build
   config = ml_collections.ConfigDict(
       {k: v for k, v in cli.load_config("gan_ring2d").items() if k != "max_nonfinite_steps"})
   with pytest.raises(UsageError, match=r"lacks the required keys \['max_nonfinite_steps'\]"):
-    train.build(config, single_device_mesh)
+    build(config, single_device_mesh)

@@ -22,3 +22,15 @@ def test_experiment_trains_two_steps(name, tmp_path, single_device_mesh):
   assert int(state.step) == 2
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert len(records) == 2 and all(np.isfinite(v) for r in records for v in r.values())
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_each_modules_optimizer_is_set_apart(name):
+  """Two time-scale rates: overriding one module's learning rate leaves the others'."""
+  config = load_config(name)
+  modules = [key for key in config.optimizer if isinstance(config.optimizer[key], type(config))]
+  for module in modules:
+    before = {m: config.optimizer[m].learning_rate for m in modules}
+    config.optimizer[module].learning_rate = 0.123
+    assert {m: config.optimizer[m].learning_rate for m in modules} == {
+        **before, module: 0.123}, module

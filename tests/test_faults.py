@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli_env, kill_leftovers, load_config, tiny
-from gen import UsageError, checkpoint, data, sharding, train
+from gen import UsageError, checkpoint, data, experiment as experiment_lib, sharding, train
 
 # gan_grid2d with a linear learning-rate decay and its generator EMA: a resume must restore the
 # schedule's count, the EMA weights, the RNG and the data position to match bitwise.
@@ -24,10 +24,10 @@ GRID_ARGS = ["--config=experiments/gan_grid2d.py", "--config.optimizer.schedule=
              "--config.model.hidden=(16,16)"]
 
 
-def launch(workdir, num_steps, **kwargs):
+def launch(workdir, num_steps, optimized=False, **kwargs):
   return subprocess.Popen(
       [sys.executable, "-m", "gen.main", *GRID_ARGS, f"--config.num_steps={num_steps}",
-       f"--workdir={workdir}"], cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
+       f"--workdir={workdir}"], cwd=ROOT, env=cli_env(optimized=optimized), stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
 
 
@@ -53,7 +53,7 @@ def wait_for_checkpoint(workdir, process, timeout=120):
 def final_state(workdir, config_name="gan_grid2d", **overrides):
   if config_name == "gan_grid2d":
     overrides = {"optimizer.schedule": "linear", **overrides}
-  experiment = train.build(tiny(load_config(config_name), **overrides),
+  experiment = experiment_lib.build(tiny(load_config(config_name), **overrides),
                            sharding.make_mesh(jax.devices()[:1]))
   with checkpoint.Checkpointer(str(workdir / "checkpoints")) as checkpointer:
     state, data_state = checkpointer.restore(experiment.abstract_state())
@@ -92,7 +92,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(sig
 
 def test_a_signal_while_the_step_compiles_stops_after_the_first_step(tmp_path, monkeypatch,
                                                                      single_device_mesh):
-  compile_train_step = train.Experiment.compile_train_step
+  compile_train_step = experiment_lib.Experiment.compile_train_step
 
   def interrupted_compile(self, state):
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before any step has run.
@@ -101,7 +101,7 @@ def test_a_signal_while_the_step_compiles_stops_after_the_first_step(tmp_path, m
   def uncaught(signum, frame):  # Fails the test, where KeyboardInterrupt would end the session.
     raise AssertionError("train() did not catch the SIGINT")
 
-  monkeypatch.setattr(train.Experiment, "compile_train_step", interrupted_compile)
+  monkeypatch.setattr(experiment_lib.Experiment, "compile_train_step", interrupted_compile)
   previous = signal.signal(signal.SIGINT, uncaught)
   try:
     with pytest.raises(train.Stopped, match="Stopped by SIGINT after step 1;") as stopped:
@@ -129,15 +129,15 @@ def test_kill_9_at_a_random_moment_resumes_bitwise(tmp_path):
   seed = random.randrange(10**6)
   delay = random.Random(seed).uniform(0.0, 1.5)
   num_steps = 2400  # About 8 s of steps here: the kill lands mid-run on a faster machine too.
-  process = launch(tmp_path / "killed", num_steps)
+  process = launch(tmp_path / "killed", num_steps, optimized=True)
   wait_for_checkpoint(tmp_path / "killed", process)
   time.sleep(delay)
   process.kill()
   code, _ = finish(process)
   assert code == -signal.SIGKILL, f"the run ended before the kill (seed {seed})"
-  code, stderr = finish(launch(tmp_path / "killed", num_steps))
+  code, stderr = finish(launch(tmp_path / "killed", num_steps, optimized=True))
   assert code == 0, stderr[-3000:]
-  code, stderr = finish(launch(tmp_path / "straight", num_steps))
+  code, stderr = finish(launch(tmp_path / "straight", num_steps, optimized=True))
   assert code == 0, stderr[-3000:]
 
   resumed, resumed_data = final_state(tmp_path / "killed")
@@ -203,13 +203,13 @@ def poisoned(dataset, bad):
 
 
 def test_a_non_finite_step_keeps_the_state_and_advances_the_step(single_device_mesh):
-  experiment = train.build(tiny(load_config("dcgan_digits")), single_device_mesh)
+  experiment = experiment_lib.build(tiny(load_config("dcgan_digits")), single_device_mesh)
   before = jax.device_get(experiment.init_state())
   # Copies: the step donates its input state, and device_get leaves the key on the device.
   fresh = lambda: jax.device_put(jax.tree.map(lambda x: x.copy(), before),
                                  sharding.replicated(single_device_mesh))
   step = experiment.compile_train_step(fresh())
-  batch = experiment.dataset.read(np.arange(experiment.step_batch_size))
+  batch = experiment.read_batch(np.arange(experiment.step_batch_size))
   batch["x"][3] = np.nan
   after, metrics = step(fresh(), sharding.shard_batch(batch, single_device_mesh))
   assert float(metrics["update_skipped"]) == 1.0 and not np.isfinite(float(metrics["d_loss"]))

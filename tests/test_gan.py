@@ -6,9 +6,10 @@ import optax
 import pytest
 
 from conftest import load_config, tiny
-from gen import UsageError, losses, sharding, train
-from gen.models import mlp
-from gen.steps import gan, make_optimizers
+from gen import UsageError, experiment as experiment_lib, losses, sharding
+from gen.models import mlp_gan as mlp
+from gen import families
+from gen.families import gan
 
 
 def _softplus(x):
@@ -95,10 +96,10 @@ def test_spectral_norm_estimate_matches_svd():
 
 
 def _run(config, steps: int, mesh):
-  experiment = train.build(config, mesh)
+  experiment = experiment_lib.build(config, mesh)
   state = experiment.init_state()
   step = experiment.compile_train_step(state)
-  batch = experiment.dataset.read(np.arange(experiment.step_batch_size))
+  batch = experiment.read_batch(np.arange(experiment.step_batch_size))
   history = []
   for _ in range(steps):
     previous = jax.device_get(state)  # Before the step: it donates the state's buffers.
@@ -115,17 +116,18 @@ def test_ema_follows_the_generator_with_ramped_decay(single_device_mesh):
     decay = min(0.999, (1 + step) / (10 + step))
     after = history[step + 1][0] if step + 1 < len(history) else state
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, after.params["generator"])
+  generator = state.modules["generator"]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               state.ema["generator"], ema)
+               generator.ema, ema)
   # Sampling uses the average, not the current weights.
-  assert gan.sampling_params(state) is state.ema["generator"]
+  assert generator.sampling_params is generator.ema
 
 
 def test_n_critic_updates_the_discriminator_n_times_on_separate_batches(single_device_mesh):
   config = tiny(load_config("gan_ring2d"), batch_size=8, **{"gan.n_critic": 3})
   experiment, state, _ = _run(config, 2, single_device_mesh)
   assert experiment.step_batch_size == 24
-  count = lambda name: int(optax.tree_utils.tree_get(state.opt_state[name], "count"))
+  count = lambda name: int(optax.tree_utils.tree_get(state.modules[name].opt_state, "count"))
   assert count("discriminator") == 6 and count("generator") == 2
 
 
@@ -138,7 +140,7 @@ def test_lazy_r1_is_applied_every_k_steps(single_device_mesh):
 
 def test_linear_schedule_decays_to_zero_over_the_run():
   config = load_config("sngan_cifar10")
-  optimizers = make_optimizers(config, ["generator", "discriminator"])
+  optimizers = gan.make_optimizers(config, ["generator", "discriminator"])
   params = {"w": jnp.ones(3)}
   grads = {"w": jnp.ones(3)}
   for name, updates_total in [("generator", config.num_steps),
@@ -164,13 +166,13 @@ def test_linear_schedule_decays_to_zero_over_the_run():
 def test_bad_gan_options_fail_before_compiling(overrides, message, single_device_mesh):
   config = tiny(load_config("cdcgan_digits"), **overrides)
   with pytest.raises(UsageError, match=message):
-    train.build(config, single_device_mesh)
+    experiment_lib.build(config, single_device_mesh)
 
 
 def test_unknown_schedule_is_a_clear_error():
   config = tiny(load_config("sngan_cifar10"), **{"optimizer.schedule": "cosine"})
   with pytest.raises(UsageError, match="schedule='cosine'"):
-    make_optimizers(config, ["generator"])
+    families.adam(config, ["generator"])
 
 
 def test_options_reject_unknown_keys():
@@ -181,19 +183,19 @@ def test_options_reject_unknown_keys():
 def test_conditional_samples_follow_the_requested_labels(single_device_mesh):
   """Samples of class c from one z differ across c, and `sample_labels` cycles as asked."""
   config = tiny(load_config("cdcgan_digits"))
-  experiment = train.build(config, single_device_mesh)
+  experiment = experiment_lib.build(config, single_device_mesh)
   state = experiment.init_state()
   np.testing.assert_array_equal(experiment.sample_labels(5, [3, 7]), [3, 7, 3, 7, 3])
   np.testing.assert_array_equal(experiment.sample_labels(12), np.arange(12) % 10)
   with pytest.raises(UsageError, match=r"Labels must be in \[0, 10\)"):
     experiment.sample_labels(4, [10])
-  generate = jax.jit(experiment.family.make_generate(experiment.models, config))
+  generate = experiment.jit(experiment.functions["generate"])
   key = jax.random.key(0)
   a = generate(state, key, jnp.zeros(4, jnp.int32))
   b = generate(state, key, jnp.ones(4, jnp.int32))
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
   # An unconditional model refuses labels.
-  plain = train.build(tiny(load_config("dcgan_digits")), single_device_mesh)
+  plain = experiment_lib.build(tiny(load_config("dcgan_digits")), single_device_mesh)
   with pytest.raises(UsageError, match="unconditional"):
     plain.sample_labels(4, [1])
 
@@ -203,16 +205,16 @@ def test_vaegan_step_gradient_equals_the_gradient_of_its_objective(single_device
   pass with a VJP; with SGD(1) the update is exactly minus the gradient of the written-out
   objective L_adv + λ·L1 + β·KL against the updated discriminator."""
   from gen import losses as gen_losses
-  from gen.steps import vaegan
+  from gen.families import vaegan
   config = tiny(load_config("vaegan_digits"), **{"vaegan.kl_weight": 0.5,
                                                  "vaegan.reconstruction_weight": 2.0})
-  experiment = train.build(config, single_device_mesh)
+  experiment = experiment_lib.build(config, single_device_mesh)
   sgd = {name: optax.sgd(1.0) for name in experiment.models}
-  state = experiment.family.init_state(experiment.models, sgd, config, experiment.dataset.shape,
+  state = experiment.family.init_state(experiment.models, sgd, config, experiment.spec,
                                        jax.random.key(0))
   x = jnp.asarray(experiment.dataset.read(np.arange(8))["x"])
   rng = jax.random.key(3)
-  new_state, _ = jax.jit(vaegan.make_train_step(experiment.models, sgd, config))(
+  new_state, _ = experiment.jit(vaegan.make_train_step(experiment.models, sgd, config))(
       state, {"x": x, "label": jnp.zeros(8, jnp.int32)}, rng)
 
   encoder, generator = experiment.models["encoder"], experiment.models["generator"]
@@ -225,14 +227,14 @@ def test_vaegan_step_gradient_equals_the_gradient_of_its_objective(single_device
     z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(eps_key, mean.shape)
     decoded = jnp.tanh(generator.apply({"params": eg["generator"]},
                                        jnp.concatenate([z, jax.random.normal(prior_key, mean.shape)])))
-    logits, _, _ = discriminate(new_state.params["discriminator"],
-                                new_state.batch_stats["discriminator"], decoded, None, g_key)
+    d = new_state.modules["discriminator"]
+    logits, _, _ = discriminate(d.params, d.batch_stats, decoded, None, g_key)
     recon = decoded[:8]
     return (g_loss(logits) + 2.0 * jnp.abs(x - recon).reshape(8, -1).sum(-1).mean()
             + 0.5 * gen_losses.gaussian_kl(mean, log_var).mean())
 
   eg = {name: state.params[name] for name in ("encoder", "generator")}
-  expected = jax.jit(jax.grad(objective))(eg)
+  expected = experiment.jit(jax.grad(objective))(eg)
   for name in eg:
     actual = jax.tree.map(lambda before, after: before - after, eg[name], new_state.params[name])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),

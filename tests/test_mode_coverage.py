@@ -1,9 +1,10 @@
 """The VEEGAN/PacGAN mode-coverage protocol, and `gan_ring2d` at its default config covering the ring."""
 import jax
 import numpy as np
+import pytest
 
 from conftest import load_config
-from gen import data, metrics, train
+from gen import data, experiment as experiment_lib, metrics, train
 
 
 def test_mode_coverage_on_constructed_samples():
@@ -25,10 +26,11 @@ def test_mode_coverage_of_the_data_itself():
   np.testing.assert_allclose(result["high_quality"], 100 * (1 - np.exp(-4.5)), atol=0.8)
 
 
+@pytest.mark.optimized  # 10,000 steps.
 def test_gan_ring2d_default_config_captures_all_eight_modes(tmp_path, single_device_mesh):
   config = load_config("gan_ring2d")
   state = train.train(config, str(tmp_path), single_device_mesh)
-  experiment = train.build(config, single_device_mesh)
+  experiment = experiment_lib.build(config, single_device_mesh)
   samples = experiment.sampler()(state, 2500, jax.random.key(1))
   result = metrics.mixture_mode_coverage(samples, data.ring_means(), 0.02)
   # The share of high-quality samples swings from step to step of a GAN without EMA (45-95%

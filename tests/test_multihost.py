@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from conftest import ROOT, cli_env, kill_leftovers, load_config, override
-from gen import checkpoint, sharding, train
+from gen import checkpoint, experiment as experiment_lib, sharding, train
 
 STEPS = 20
 OVERRIDES = {"num_steps": STEPS, "batch_size": 16, "log_every": 10, "sample_every": 10,
@@ -56,7 +56,7 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
   mesh = sharding.make_mesh()
   assert mesh.devices.size == 8
   one = train.train(config, str(tmp_path / "one"), mesh)
-  experiment = train.build(config, mesh)
+  experiment = experiment_lib.build(config, mesh)
   with checkpoint.Checkpointer(str(tmp_path / "two" / "checkpoints")) as restored:
     two, _ = restored.restore(experiment.abstract_state())
   assert int(two.step) == int(one.step) == STEPS

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import load_config, override, tiny
 
-from gen import UsageError, cli, models as models_lib, train
-from gen.steps import vae as vae_steps
+from gen import UsageError, cli, experiment as experiment_lib, models as models_lib, train
+from gen.families import vae as vae_steps
 
 
 def test_load_config_by_name_is_the_experiment_file_locked():
@@ -36,7 +36,6 @@ class _Discriminator(nn.Module):
 @pytest.fixture
 def registry(monkeypatch):
   """The model registry, restored after the test."""
-  monkeypatch.setattr(models_lib, "FAMILY", dict(models_lib.FAMILY))
   monkeypatch.setattr(models_lib, "_REGISTERED", {})
 
 
@@ -59,28 +58,30 @@ def test_a_registered_model_trains_in_the_loop(registry, tmp_path, single_device
   assert (tmp_path / "samples" / "step_2.png").exists()
 
 
-def test_register_refuses_gen_models_and_unknown_families(registry):
+def test_register_refuses_gen_models_and_unknown_families(registry, single_device_mesh):
   with pytest.raises(ValueError, match="one of gen's own"):
     models_lib.register("dcgan", lambda config, shape: {}, "gan")
-  with pytest.raises(ValueError, match="Unknown family"):
-    models_lib.register("mine", lambda config, shape: {}, "diffusion")
-  assert "mine" not in models_lib.FAMILY
+  assert "dcgan" not in models_lib._REGISTERED
+  models_lib.register("mine", lambda config, shape: {}, "diffusion")
+  config = override(load_config("dcgan_digits"), {"model.name": "mine"})
+  with pytest.raises(UsageError, match="Unknown family 'diffusion'"):
+    experiment_lib.build(config, single_device_mesh)
 
 
 def test_vae_decode_of_the_encoded_mean_is_the_reconstruction(single_device_mesh):
   config = tiny(load_config("vae_digits"), **{"model.latent_dim": 2})
-  experiment = train.build(config, single_device_mesh)
+  experiment = experiment_lib.build(config, single_device_mesh)
   state = experiment.init_state()
   x = experiment.dataset.read(np.arange(6))["x"]
-  encode = jax.jit(vae_steps.make_encode(experiment.models, config))
-  decode = jax.jit(vae_steps.make_decode(experiment.models, config))
+  encode = experiment.jit(vae_steps.make_encode(experiment.models, config))
+  decode = experiment.jit(vae_steps.make_decode(experiment.models, config))
 
   mean, log_var = encode(state, x)
   assert mean.shape == log_var.shape == (6, 2)
-  reconstruction = jax.jit(vae_steps.make_reconstruct(experiment.models, config))(state, x)
+  reconstruction = experiment.jit(vae_steps.make_reconstruct(experiment.models, config))(state, x)
   np.testing.assert_allclose(decode(state, mean), reconstruction, atol=1e-6)
   # And prior samples are decoded codes drawn from N(0, I).
   key = jax.random.key(3)
-  generated = jax.jit(vae_steps.make_generate(experiment.models, config))(
+  generated = experiment.jit(vae_steps.make_generate(experiment.models, config))(
       state, key, jnp.zeros((6,), jnp.int32))
   np.testing.assert_allclose(decode(state, jax.random.normal(key, (6, 2))), generated, atol=1e-6)

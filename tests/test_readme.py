@@ -86,7 +86,7 @@ def test_every_python_command_names_a_file_or_module_that_exists():
 CHECK = """
 import sys
 from absl import flags
-from gen import cli
+from gen import cli, experiment as experiment_lib
 program, argv = sys.argv[1], sys.argv[2:]
 if program == "bench":
   import gen.bench
@@ -95,11 +95,11 @@ else:
   import gen.main
   argv = ["main", f"--config=experiments/{argv[0]}.py", *argv[1:]]
 cli.parse_flags(argv)
-from gen import UsageError, bench, train
+from gen import UsageError, bench
 config = cli.CONFIG.value
 try:
   with bench.dataset_or_mock(config):
-    experiment = train.build(config)
+    experiment = experiment_lib.build(config)
     if program == "main" and flags.FLAGS.labels:
       experiment.sample_labels(flags.FLAGS.num_samples, [int(x) for x in flags.FLAGS.labels])
 except UsageError as e:

@@ -6,18 +6,18 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import load_config, tiny
-from gen import UsageError, sharding, train
+from gen import UsageError, experiment as experiment_lib, sharding
 
 
 def _one_step(config, devices):
-  experiment = train.build(config, sharding.make_mesh(devices))
+  experiment = experiment_lib.build(config, sharding.make_mesh(devices))
   state = experiment.init_state()
   initial = jax.device_get(state.params)
-  batch = experiment.dataset.read(np.arange(experiment.step_batch_size))
+  batch = experiment.read_batch(np.arange(experiment.step_batch_size))
   step = experiment.compile_train_step(state)
   new_state, metrics = step(state, sharding.shard_batch(batch, experiment.mesh))
   # Everything a step carries forward: params, BatchNorm and spectral-norm state, EMA.
-  carried = {"params": new_state.params, "batch_stats": new_state.batch_stats, "ema": new_state.ema}
+  carried = {name: (m.params, m.batch_stats, m.ema) for name, m in new_state.modules.items()}
   return initial, jax.device_get(carried), jax.device_get(metrics), new_state
 
 
@@ -47,8 +47,8 @@ def test_sharded_step_matches_single_device(name, overrides):
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params_1), jax.tree.leaves(params_8)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
   # The step moved the params, so the comparison is not between two initial states.
-  moved = [np.abs(a - b).max()
-           for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(params_1["params"]))]
+  moved = [np.abs(a - b).max() for a, b in zip(
+      jax.tree.leaves(initial), jax.tree.leaves({n: p for n, (p, _, _) in params_1.items()}))]
   assert max(moved) > 1e-5
 
 

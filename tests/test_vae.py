@@ -10,15 +10,15 @@ from PIL import Image
 from scipy import special, stats
 
 from conftest import load_config, tiny
-from gen import evaluate, sharding, train
-from gen.steps import vae as vae_steps
+from gen import evaluate, experiment as experiment_lib, sharding, train
+from gen.families import vae as vae_steps
 
 
 @functools.cache
 def _experiment(name="vae_digits", **overrides):
   """A tiny experiment on one device, its initial state and a batch of 64 training digits."""
   config = tiny(load_config(name), **overrides)
-  experiment = train.build(config, sharding.make_mesh(jax.devices()[:1]))
+  experiment = experiment_lib.build(config, sharding.make_mesh(jax.devices()[:1]))
   state = experiment.init_state()
   return experiment, state, experiment.dataset.read(np.arange(64))
 
@@ -27,7 +27,7 @@ def _experiment(name="vae_digits", **overrides):
 def _loss_fn(**options):
   """The compiled objective of tiny vae_digits with config.vae `options`."""
   config = tiny(load_config("vae_digits"), **{f"vae.{k}": v for k, v in options.items()})
-  return jax.jit(vae_steps.make_loss(_experiment()[0].models, config))
+  return _experiment()[0].jit(vae_steps.make_loss(_experiment()[0].models, config))
 
 
 def _loss(experiment, state, batch, step=0, key=0, **options):
@@ -125,7 +125,7 @@ def test_conditional_generate_depends_on_the_label_and_snapshots_show_every_clas
   assert np.abs(samples[0] - samples[1]).max() > 1e-4
   np.testing.assert_array_equal(samples[0], generate(state, key, jnp.zeros(64, jnp.int32)))
   # Snapshots: prior samples of every class in turn, and the 2-D posterior means with labels.
-  snapshots = jax.jit(experiment.family.make_snapshots(experiment.models, experiment.config))
+  snapshots = experiment.jit(experiment.family.make_snapshots(experiment.models, experiment.config))
   outputs = snapshots(state, batch, key)
   np.testing.assert_allclose(outputs["samples"], generate(state, key, in_turn), atol=1e-6)
   vae = experiment.models["vae"]
@@ -141,7 +141,7 @@ def test_unconditional_generate_ignores_label_values_and_has_no_scatter_beyond_2
   key = jax.random.key(1)
   np.testing.assert_array_equal(generate(state, key, jnp.zeros(64, jnp.int32)),
                                 generate(state, key, jnp.ones(64, jnp.int32)))
-  snapshots = jax.jit(experiment.family.make_snapshots(experiment.models, experiment.config))
+  snapshots = experiment.jit(experiment.family.make_snapshots(experiment.models, experiment.config))
   assert set(snapshots(state, batch, key)) == {"samples", "reconstructions", "interpolations"}
 
 
@@ -159,12 +159,13 @@ def test_conditional_2d_run_writes_latent_scatter_samples_by_label_and_evaluates
     assert len(colours) >= 5
   # --mode=sample --labels=0,1,2: the labels repeated, samples that differ by label.
   output = tmp_path / "samples.npz"
-  sampled = train.sample(config, str(tmp_path), 7, str(output), mesh, labels=[0, 1, 2])
+  sampled = experiment_lib.sample(config, str(tmp_path), 7, str(output), mesh,
+                                  labels=[0, 1, 2])["samples"]
   with np.load(output) as saved:
     np.testing.assert_array_equal(saved["labels"], [0, 1, 2, 0, 1, 2, 0])
   assert sampled.shape == (7, 8, 8, 1) and np.abs(sampled[0] - sampled[1]).max() > 1e-4
   # The evaluation split's labels reach the bounds and the reconstructions.
-  results = evaluate.make_evaluator(train.build(config, mesh))(state)
+  results = evaluate.make_evaluator(experiment_lib.build(config, mesh))(state)
   assert all(np.isfinite(results[k]) for k in ("elbo", "nll_iwae", "bits_per_dim", "psnr", "ssim"))
   assert results["nll_iwae"] <= -results["elbo"] + 1.0
 
@@ -175,7 +176,7 @@ def test_no_nan_in_1000_steps_at_learning_rate_1e3(likelihood, warmup):
   config = tiny(load_config("vae_digits"), **{"model.likelihood": likelihood,
                                               "vae.kl_warmup_steps": warmup})
   assert config.optimizer.vae.learning_rate == 1e-3
-  experiment = train.build(config, sharding.make_mesh(jax.devices()[:1]))
+  experiment = experiment_lib.build(config, sharding.make_mesh(jax.devices()[:1]))
   step = vae_steps.make_train_step(experiment.models, experiment.optimizers, config)
   data = experiment.dataset.read(np.arange(experiment.dataset.num_examples))
   rng = np.random.default_rng(0)

@@ -8,9 +8,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import load_config, override
-from gen import sharding, train
+from gen import experiment as experiment_lib, sharding, train
 from gen.models.vqvae import VectorQuantizer
-from gen.steps import vqvae as vqvae_steps
+from gen.families import vqvae as vqvae_steps
 
 K, D = 16, 4
 
@@ -171,22 +171,22 @@ def test_sharded_step_matches_single_device():
   config = override(load_config("vqvae_cifar10"),
                     {**TINY, "batch_size": 16, "model.restart_threshold": 1.0})
   with tfds.testing.mock_data(num_examples=64):
-    experiments = [train.build(config, sharding.make_mesh(devices))
+    experiments = [experiment_lib.build(config, sharding.make_mesh(devices))
                    for devices in (jax.devices()[:1], jax.devices())]
-    batch = experiments[0].dataset.read(np.arange(16))
+    batch = experiments[0].read_batch(np.arange(16))
   # One initial state for both (initialisation is most of the compile time), copied to each
   # mesh: the steps donate their copies.
   state = experiments[0].init_state()
   initial = jax.device_get(state.params)
   results = []
   for experiment in experiments:
-    placed = jax.device_put(state, sharding.replicated(experiment.mesh), may_alias=False)
+    placed = jax.device_put(state, experiment.state_sharding(), may_alias=False)
     new_state, metrics = experiment.compile_train_step(placed)(
         placed, sharding.shard_batch(batch, experiment.mesh))
     results.append((new_state, jax.device_get(metrics), jax.device_get(
-        {"params": new_state.params, "batch_stats": new_state.batch_stats})))
+        {"params": new_state.params, "batch_stats": new_state.modules["vqvae"].batch_stats})))
   (_, metrics_1, carried_1), (state_8, metrics_8, carried_8) = results
-  leaf = jax.tree.leaves(state_8.batch_stats)[0]
+  leaf = jax.tree.leaves(state_8.modules["vqvae"].batch_stats)[0]
   assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
   assert set(metrics_1) == {"loss", "reconstruction", "commitment", "perplexity", "codes_used",
                             "update_skipped"}
@@ -196,7 +196,7 @@ def test_sharded_step_matches_single_device():
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(carried_1),
                           jax.tree.leaves(carried_8)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
-  stats = carried_1["batch_stats"]["vqvae"]["quantizer"]
+  stats = carried_1["batch_stats"]["quantizer"]
   assert int(stats["count"]) == 1
   # The step moved the params; unused codes restarted instead of collapsing to 0.
   assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(initial),
@@ -223,9 +223,9 @@ def test_tiny_config_trains_evaluates_and_checkpoints_its_codebook(tmp_path,
   assert (tmp_path / "samples" / f"reconstructions_step_{steps}.png").exists()
   assert (tmp_path / "samples" / f"step_{steps}.png").exists()
   # The checkpoint holds the EMA codebook.
-  restored = train.restore_latest(train.build(config, single_device_mesh), str(tmp_path))
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.batch_stats),
-               jax.device_get(state.batch_stats))
+  restored = experiment_lib.restore_latest(experiment_lib.build(config, single_device_mesh), str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.modules["vqvae"].batch_stats),
+               jax.device_get(state.modules["vqvae"].batch_stats))
 
 
 def test_bad_shapes_are_usage_errors():

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen import UsageError, checks, models
 from gen.models.layers import (Conv, ConvTranspose, DiscriminatorHead, Dropout, condition_latent,
                                maybe_spectral_norm)
 
@@ -65,3 +66,32 @@ class Discriminator(nn.Module):
       x = Dropout(self.dropout, deterministic=not train)(x)
     return DiscriminatorHead(self.num_classes, self.conditioning, self.spectral_norm,
                              self.dtype)(x.reshape(x.shape[0], -1), labels, train)
+
+
+FAMILY = "gan"
+
+
+def discriminator(model_config, dtype, **conditioning) -> Discriminator:
+  """The DCGAN discriminator of `model_config` (discriminator_features, dropout)."""
+  features = checks.widths(model_config.discriminator_features, "model.discriminator_features")
+  dropout = checks.in_range(model_config.get("dropout", 0.3), "model.dropout", 0.0, 1.0,
+                            high_open=True)
+  return Discriminator(features, dropout=dropout, dtype=dtype, **conditioning)
+
+
+def build(model_config, shape) -> dict:
+  """{"generator", "discriminator"}: generator_features set the depth (and with the image
+  side, the seed's size), discriminator_features the discriminator's widths."""
+  features = checks.widths(model_config.generator_features, "model.generator_features", 2)
+  checks.at_least(model_config.latent_dim, "model.latent_dim", 1)
+  scale = 2 ** len(features[1:])
+  if len(shape) != 3 or shape[0] != shape[1] or shape[0] % scale:
+    raise UsageError(f"dcgan with {len(features)} generator widths needs square images with "
+                     f"a side divisible by {scale}, got {shape}.")
+  conditioning = models.gan_conditioning(model_config)
+  dtype = jnp.dtype(model_config.dtype)
+  return {
+      "generator": Generator(features, base=shape[0] // scale, channels=shape[-1],
+                             num_classes=conditioning["num_classes"], dtype=dtype),
+      "discriminator": discriminator(model_config, dtype, **conditioning),
+  }

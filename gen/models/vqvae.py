@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen import UsageError, checks
 from gen.models.layers import Conv, ConvTranspose
 
 # Nearest codes and the codebook's statistics in full float32 even where matmuls default to
@@ -194,3 +195,24 @@ class VQVAE(nn.Module):
   def decode_indices(self, indices: jax.Array) -> jax.Array:
     """Code indices [B, h, w] -> decoded images [B, 4h, 4w, C]."""
     return self.decoder(self.quantizer.lookup(indices))
+
+
+FAMILY = "vqvae"
+
+
+def build(model_config, shape) -> dict:
+  """{"vqvae"}: Sonnet's CIFAR-10 layout at widths `hidden` and `residual_width`, with a
+  codebook of `num_codes` codes of `embedding_dim` values learnt at EMA `decay`."""
+  if len(shape) != 3 or shape[0] % 4 or shape[1] % 4:
+    raise UsageError(f"vqvae downsamples by 4: it needs a height and width divisible by 4, "
+                     f"got {shape}.")
+  for key in ("hidden", "residual_width", "embedding_dim", "num_codes"):
+    checks.at_least(model_config[key], f"model.{key}", 1)
+  checks.at_least(model_config.residual_blocks, "model.residual_blocks", 0)
+  checks.in_range(model_config.decay, "model.decay", 0.0, 1.0, low_open=True, high_open=True)
+  checks.positive(model_config.epsilon, "model.epsilon")
+  return {"vqvae": VQVAE(
+      tuple(shape), model_config.hidden, model_config.residual_blocks,
+      model_config.residual_width, model_config.embedding_dim, model_config.num_codes,
+      model_config.decay, model_config.epsilon, model_config.get("restart_threshold", 0.0),
+      jnp.dtype(model_config.dtype))}

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen import checks, losses, models
 from gen.losses import soft_clamp
 from gen.models.layers import Conv, ConvTranspose, condition_latent
 
@@ -84,3 +85,21 @@ class VAE(nn.Module):
 
   def decode(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     return self.decoder(z, labels)
+
+
+FAMILY = "vae"
+
+
+def build(model_config, shape) -> dict:
+  """{"vae"}: the encoder's widths `features` (the decoder mirrors them), `latent_dim`, and
+  as many outputs per pixel as `likelihood` has parameters."""
+  features = checks.widths(model_config.features, "model.features")
+  checks.at_least(model_config.latent_dim, "model.latent_dim", 1)
+  likelihood = checks.one_of(model_config.get("likelihood", "bernoulli"), "model.likelihood",
+                             sorted(losses.LIKELIHOODS))
+  if likelihood == "gaussian":
+    checks.positive(model_config.observation_std, "model.observation_std")
+  classes = checks.at_least(models.num_classes(model_config), "model.num_classes", 0)
+  return {"vae": VAE(tuple(shape), model_config.latent_dim, features,
+                     jnp.dtype(model_config.dtype), num_classes=classes,
+                     outputs_per_channel=losses.LIKELIHOODS[likelihood])}

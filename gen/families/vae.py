@@ -1,17 +1,20 @@
-"""The VAE train step: one gradient step on a variational bound, reparameterised, in nats.
+"""The VAE family: one gradient step on a variational bound, reparameterised, in nats.
 
 The objective comes from `config.vae` (see `options`): the ELBO with the analytic KL, a KL
 weight β, KL warm-up and free bits, or the importance-weighted bound (IWAE). The likelihood is
 `config.model.likelihood` (one of losses.LIKELIHOODS), and `config.model.num_classes` > 0
 makes the VAE conditional on labels (CVAE): batches' labels go to encoder and decoder.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
+import numpy as np
 
-from gen import UsageError, losses
-from gen.steps import TrainState, init_variables
+from gen import UsageError, checks, data, losses, writers
+from gen.families import (EvalGroup, ModuleState, TrainState, alternate, init_variables,
+                          num_classes, render_examples)
 
 OBJECTIVES = ("elbo", "iwae")
 # Bounds of the decoder's log-scales (learned Gaussian and logistic), as in PixelCNN++'s -7.
@@ -44,29 +47,32 @@ def _options(config) -> ml_collections.ConfigDict:
 
 
 def validate(config):
-  """Raises UsageError for VAE options that cannot work, before anything is compiled."""
-  vae, model = _options(config), config.model
-  if model.likelihood not in losses.LIKELIHOODS:
-    raise UsageError(f"Unknown config.model.likelihood={model.likelihood!r}; "
-                     f"known: {sorted(losses.LIKELIHOODS)}.")
-  if vae.objective not in OBJECTIVES:
-    raise UsageError(f"config.vae.objective={vae.objective!r}; use one of {OBJECTIVES}.")
-  if vae.iwae_samples < 1 or vae.kl_warmup_steps < 0 or vae.free_bits < 0 or vae.beta < 0:
-    raise UsageError("config.vae.iwae_samples must be at least 1, and kl_warmup_steps, "
-                     "free_bits and beta not negative.")
+  """Raises UsageError for VAE options that cannot work, before anything is compiled (the
+  likelihood and the model's sizes are checked where the model is built)."""
+  vae = _options(config)
+  checks.one_of(vae.objective, "vae.objective", OBJECTIVES)
+  checks.at_least(vae.iwae_samples, "vae.iwae_samples", 1)
+  checks.at_least(vae.kl_warmup_steps, "vae.kl_warmup_steps", 0)
+  checks.in_range(vae.free_bits, "vae.free_bits", 0.0, float("inf"))
+  checks.in_range(vae.beta, "vae.beta", 0.0, float("inf"))
   if vae.objective == "iwae" and vae.free_bits:
     raise UsageError("config.vae.free_bits clamps the ELBO's KL; the IWAE bound has none: "
                      "set free_bits=0 or objective='elbo'.")
+  if "likelihood" in config.eval.get("metrics", ()):
+    checks.at_least(config.eval.iwae_samples, "eval.iwae_samples", 1)
 
 
-def _to_unit(x):
-  """Model space [-1, 1] -> the likelihood's data space [0, 1]."""
-  return (x + 1.0) * 0.5
+def batch_spec(config, dataset) -> dict:
+  """Examples "x" and, for a conditional VAE, their classes "label"."""
+  spec = {"x": dataset.spec["x"]}
+  if num_classes(config):
+    spec["label"] = dataset.spec["label"]
+  return spec
 
 
 def _labels(config, labels):
   """The labels a conditional model is given (None for an unconditional one)."""
-  if not config.model.get("num_classes", 0):
+  if not num_classes(config):
     return None
   if labels is None:
     raise UsageError("This VAE is conditional (config.model.num_classes > 0): it needs labels.")
@@ -120,7 +126,7 @@ def _log_weight_terms(vae, model_config, params, x, labels, mean, log_var, z):
   num, batch = z.shape[:2]
   decoded = vae.apply(params, z.reshape(num * batch, -1),
                       None if labels is None else jnp.tile(labels, num), method=vae.decode)
-  target = jnp.broadcast_to(_to_unit(x), (num, *x.shape)).reshape(num * batch, *x.shape[1:])
+  target = jnp.broadcast_to(data.to_unit_range(x), (num, *x.shape)).reshape(num * batch, *x.shape[1:])
   log_likelihood = _log_likelihood(model_config, decoded, target).reshape(num, batch)
   return log_likelihood, (losses.gaussian_log_density(z)
                           - losses.gaussian_log_density(z, mean, log_var))
@@ -134,20 +140,18 @@ def kl_weight(step, beta: float, warmup_steps: int) -> jax.Array:
   return beta * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
 
 
-def init_state(models, optimizers, config, shape, key) -> TrainState:
-  validate(config)
+def init_state(models, optimizers, config, spec, key) -> TrainState:
   init_key, sample_key, rng = jax.random.split(key, 3)
-  labels = jnp.zeros((1,), jnp.int32) if config.model.get("num_classes", 0) else None
-  params, _ = init_variables(models["vae"], init_key, jnp.zeros((1, *shape)), sample_key, labels)
-  return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params={"vae": params},
-                    batch_stats={}, opt_state={"vae": optimizers["vae"].init(params)}, ema={})
+  labels = jnp.zeros((1,), jnp.int32) if num_classes(config) else None
+  params, _ = init_variables(models["vae"], init_key, jnp.zeros((1, *spec["x"].shape)),
+                             sample_key, labels)
+  return TrainState.create(rng, {"vae": ModuleState.create(params, optimizers["vae"])})
 
 
 def make_loss(models, config):
   """loss(params, batch, rng, step) -> (loss, metrics): the objective of `config.vae` at train
   step `step`, and per-example metrics in nats: the true ELBO (analytic KL, weight 1, no free
   bits), its reconstruction and KL terms, the KL weight, and for IWAE the bound itself."""
-  validate(config)
   vae, options_ = models["vae"], _options(config)
   iwae = options_.objective == "iwae"
   num_samples = options_.iwae_samples if iwae else 1
@@ -180,14 +184,10 @@ def make_train_step(models, optimizers, config):
 
   def train_step(state: TrainState, batch, rng):
     """batch {"x" [B, H, W, C] in [-1, 1], "label" [B]} -> (state, per-example metrics in nats)."""
-    params = state.params["vae"]
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng,
+    vae = state.modules["vae"]
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(vae.params, batch, rng,
                                                                        state.step)
-    updates, opt_state = optimizers["vae"].update(grads, state.opt_state["vae"], params)
-    new_state = state.replace(step=state.step + 1,
-                              params={"vae": optax.apply_updates(params, updates)},
-                              opt_state={"vae": opt_state})
-    return new_state, {"loss": loss, **metrics}
+    return state.next(vae=vae.apply_gradients(optimizers["vae"], grads)), {"loss": loss, **metrics}
 
   return train_step
 
@@ -199,7 +199,7 @@ def make_generate(models, config):
     """len(labels) decoded prior samples [num, H, W, C] (the likelihood's mean) in model
     space, of the classes `labels` for a conditional model (unconditional: only how many)."""
     z = jax.random.normal(key, (labels.shape[0], config.model.latent_dim))
-    return _decode_mean(vae, config.model, {"params": state.params["vae"]}, z,
+    return _decode_mean(vae, config.model, {"params": state.modules["vae"].params}, z,
                         _labels(config, labels))
 
   return generate
@@ -208,7 +208,7 @@ def make_generate(models, config):
 def make_snapshots(models, config, num_interpolation_steps: int = 8):
   vae = models["vae"]
   generate = make_generate(models, config)
-  classes = config.model.get("num_classes", 0)
+  classes = num_classes(config)
 
   def snapshots(state: TrainState, batch, key):
     """Prior samples (every class in turn for a conditional model), inputs beside their
@@ -216,13 +216,10 @@ def make_snapshots(models, config, num_interpolation_steps: int = 8):
     posterior means with their labels, [N, 3] rows (z1, z2, label)."""
     x, labels = batch["x"], batch["label"]
     conditioned = _labels(config, labels)
-    params = {"params": state.params["vae"]}
+    params = {"params": state.modules["vae"].params}
     mean, _ = vae.apply(params, x, conditioned, method=vae.encode)
     decode = lambda z, y: _decode_mean(vae, config.model, params, z, y)
-    # Rows alternate inputs and reconstructions of the posterior means.
     half = x.shape[0] // 2
-    pairs = jnp.stack([x[:half], decode(mean, conditioned)[:half]], axis=1)
-    pairs = pairs.reshape(-1, *x.shape[1:])
     # Each row walks in a straight line between the codes of two inputs (decoded as the first
     # input's class, for a conditional model: the path changes the style, not the class).
     rows = min(8, half)
@@ -232,7 +229,7 @@ def make_snapshots(models, config, num_interpolation_steps: int = 8):
                                                               num_interpolation_steps)
     outputs = {
         "samples": generate(state, key, jnp.arange(x.shape[0], dtype=jnp.int32) % max(classes, 1)),
-        "reconstructions": pairs,
+        "reconstructions": alternate(x, decode(mean, conditioned)),
         "interpolations": decode(path.reshape(-1, mean.shape[-1]), path_labels),
     }
     if mean.shape[-1] == 2:
@@ -241,6 +238,17 @@ def make_snapshots(models, config, num_interpolation_steps: int = 8):
     return outputs
 
   return snapshots
+
+
+def render_snapshots(outputs, batch) -> dict:
+  """Grids, and "latent_scatter": 2-D posterior means coloured by their labels."""
+  outputs = dict(outputs)
+  pictures = {}
+  if "latent_scatter" in outputs:
+    values = np.asarray(outputs.pop("latent_scatter"))
+    pictures["latent_scatter"] = writers.latent_scatter(values[:, :2],
+                                                        values[:, 2].round().astype(np.int64))
+  return {**render_examples(outputs, batch), **pictures}
 
 
 def make_bounds(models, config, num_samples: int):
@@ -253,7 +261,7 @@ def make_bounds(models, config, num_samples: int):
   vae = models["vae"]
 
   def bounds(state: TrainState, x, key, labels=None):
-    params = {"params": state.params["vae"]}
+    params = {"params": state.modules["vae"].params}
     labels = _labels(config, labels)
     mean, log_var = vae.apply(params, x, labels, method=vae.encode)
 
@@ -277,7 +285,7 @@ def make_encode(models, config):
   vae = models["vae"]
 
   def encode(state: TrainState, x, labels=None):
-    return vae.apply({"params": state.params["vae"]}, x, _labels(config, labels),
+    return vae.apply({"params": state.modules["vae"].params}, x, _labels(config, labels),
                      method=vae.encode)
 
   return encode
@@ -289,7 +297,7 @@ def make_decode(models, config):
   vae = models["vae"]
 
   def decode(state: TrainState, z, labels=None):
-    return _decode_mean(vae, config.model, {"params": state.params["vae"]}, z,
+    return _decode_mean(vae, config.model, {"params": state.modules["vae"].params}, z,
                         _labels(config, labels))
 
   return decode
@@ -305,3 +313,34 @@ def make_reconstruct(models, config):
     return decode(state, mean, labels)
 
   return reconstruct
+
+
+def make_functions(models, config):
+  return {"generate": make_generate(models, config),
+          "reconstruct": make_reconstruct(models, config)}
+
+
+def _likelihood(context):
+  """ELBO and IWAE bound on the evaluation split, with config.eval.iwae_samples samples."""
+  config, split = context.experiment.config, context.split
+  bounds = jax.jit(make_bounds(context.experiment.models, config, config.eval.iwae_samples))
+  examples = split.read(np.arange(split.num_examples))
+  # A conditional model's bounds are given each example's label: (x, labels) chunks.
+  inputs = (examples["x"], examples["label"]) if num_classes(config) else (examples["x"],)
+  dims = math.prod(split.shape)
+
+  def likelihood(state):
+    key = jax.random.fold_in(jax.random.key(config.seed), 3)
+    elbo, iwae = map(np.concatenate, zip(*[
+        jax.device_get(bounds(state, chunk[0], jax.random.fold_in(key, i), *chunk[1:]))
+        for i, chunk in enumerate(zip(*[data.chunks(a, 128) for a in inputs]))]))
+    nll = -float(iwae.mean())
+    return {"elbo": float(elbo.mean()), "nll_iwae": nll, "bits_per_dim": nll / (dims * math.log(2))}
+
+  return likelihood
+
+
+eval_groups = {
+    # ELBO and the IWAE bound of the evaluation split, nats and bits/dim.
+    "likelihood": EvalGroup(_likelihood, higher_is_better=frozenset({"elbo"})),
+}

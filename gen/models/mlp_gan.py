@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gen import checks, models
 from gen.models.layers import DiscriminatorHead, condition_latent, maybe_spectral_norm
 
 
@@ -47,3 +48,21 @@ class Discriminator(nn.Module):
       x = nn.leaky_relu(dense(x), self.negative_slope)
     return DiscriminatorHead(self.num_classes, self.conditioning, self.spectral_norm,
                              self.dtype)(x, labels, train)
+
+
+FAMILY = "gan"
+
+
+def build(model_config, shape) -> dict:
+  """{"generator", "discriminator"}, both with the hidden widths `model_config.hidden`."""
+  hidden = checks.widths(model_config.hidden, "model.hidden")
+  checks.at_least(model_config.latent_dim, "model.latent_dim", 1)
+  conditioning = models.gan_conditioning(model_config)
+  dtype = jnp.dtype(model_config.dtype)
+  return {
+      "generator": Generator(hidden, shape=tuple(shape),
+                             negative_slope=model_config.get("generator_negative_slope", 0.0),
+                             num_classes=conditioning["num_classes"], dtype=dtype),
+      "discriminator": Discriminator(hidden, negative_slope=model_config.get("negative_slope", 0.2),
+                                     dtype=dtype, **conditioning),
+  }

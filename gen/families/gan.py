@@ -1,4 +1,4 @@
-"""The GAN train step: `n_critic` discriminator updates, then one generator update, in one call.
+"""The GAN family: `n_critic` discriminator updates, then one generator update, in one call.
 
 The objective, its regularisers and the schedule come from `config.gan` (see `options`);
 every option composes with every other and with class conditioning (`config.model.
@@ -9,10 +9,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
-from gen import UsageError, augment, losses
-from gen.steps import TrainState, init_variables, variables
+from gen import UsageError, augment, checks, losses
+from gen.families import ModuleState, TrainState, adam, init_variables, num_classes
 
 
 def options(**overrides) -> ml_collections.ConfigDict:
@@ -42,16 +41,40 @@ def options(**overrides) -> ml_collections.ConfigDict:
 def validate(config):
   """Raises UsageError for GAN options that cannot work, before anything is compiled."""
   if "gan" not in config:
-    raise UsageError("This model needs config.gan (see gen.steps.gan.options).")
+    raise UsageError("This model needs config.gan (see gen.families.gan.options).")
   gan = config.gan
   if gan.loss not in losses.GAN_LOSSES:
     raise UsageError(f"config.gan.loss={gan.loss!r} is unknown; "
                      f"known: {sorted(losses.GAN_LOSSES)}.")
-  if gan.n_critic < 1 or gan.r1_every < 1:
-    raise UsageError("config.gan.n_critic and config.gan.r1_every must be at least 1.")
+  checks.at_least(gan.n_critic, "gan.n_critic", 1)
+  checks.at_least(gan.r1_every, "gan.r1_every", 1)
   if not 0.0 <= gan.ema_decay < 1.0:
     raise UsageError(f"config.gan.ema_decay={gan.ema_decay} must be in [0, 1); 0 turns EMA off.")
+  checks.in_range(gan.real_label, "gan.real_label", 0.0, 1.0, low_open=True)
+  for key in ("gradient_penalty", "r1", "aux_weight"):
+    checks.in_range(gan[key], f"gan.{key}", 0.0, float("inf"))
   augment_policy(gan.diffaugment)
+
+
+def batch_spec(config, dataset) -> dict:
+  """Real examples "x" and, for a conditional model, their classes "label"."""
+  spec = {"x": dataset.spec["x"]}
+  if num_classes(config):
+    spec["label"] = dataset.spec["label"]
+  return spec
+
+
+def examples_per_step(config) -> int:
+  return config.gan.n_critic
+
+
+def make_optimizers(config, names):
+  """Adam per module; the discriminator's schedule counts its n_critic updates a step."""
+  return adam(config, names, {"discriminator": config.gan.n_critic})
+
+
+def throughput_unit(config):
+  return ("images", 1)
 
 
 def augment_policy(spec: str) -> tuple[str, ...]:
@@ -64,25 +87,19 @@ def augment_policy(spec: str) -> tuple[str, ...]:
   return policy
 
 
-def num_classes(config) -> int:
-  return config.model.get("num_classes", 0)
-
-
-def init_state(models, optimizers, config, shape, key) -> TrainState:
+def init_state(models, optimizers, config, spec, key) -> TrainState:
   g_key, d_key, rng = jax.random.split(key, 3)
   labels = jnp.zeros((1,), jnp.int32) if num_classes(config) else None
   z = jnp.zeros((1, config.model.latent_dim))
   g_params, g_stats = init_variables(models["generator"], g_key, z, labels, train=False)
-  d_params, d_stats = init_variables(models["discriminator"], d_key, jnp.zeros((1, *shape)),
-                                     labels, train=False)
-  params = {"generator": g_params, "discriminator": d_params}
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), rng=rng, params=params,
-      # The discriminator's are spectral norm's power-iteration vectors, if any: no
-      # discriminator here uses BatchNorm, whose statistics would mix real and fake.
-      batch_stats={"generator": g_stats, "discriminator": d_stats},
-      opt_state={name: optimizers[name].init(p) for name, p in params.items()},
-      ema={"generator": g_params} if config.gan.ema_decay else {})
+  d_params, d_stats = init_variables(models["discriminator"], d_key,
+                                     jnp.zeros((1, *spec["x"].shape)), labels, train=False)
+  return TrainState.create(rng, {
+      "generator": ModuleState.create(g_params, optimizers["generator"], g_stats,
+                                      ema=bool(config.gan.ema_decay)),
+      # The discriminator's statistics are spectral norm's power-iteration vectors, if any:
+      # no discriminator here uses BatchNorm, whose statistics would mix real and fake.
+      "discriminator": ModuleState.create(d_params, optimizers["discriminator"], d_stats)})
 
 
 def ema_decay(decay: float, step: jax.Array) -> jax.Array:
@@ -96,8 +113,8 @@ def make_discriminator(discriminator, optimizer, config):
   shared by the GAN step and the VAE-GAN step.
 
   discriminate(d_params, d_stats, x, labels, key) -> (logits, class logits, new d_stats)
-  d_update(step, (d_params, d_stats, d_opt_state), real, real_labels, fake, fake_labels, key)
-    -> (updated triple, metrics): one step on the loss, ACGAN term and penalties.
+  d_update(step, d: ModuleState, real, real_labels, fake, fake_labels, key)
+    -> (updated d, metrics): one step of `optimizer` on the loss, ACGAN term and penalties.
   """
   gan = config.gan
   acgan = config.model.get("conditioning", "none") == "acgan"
@@ -120,8 +137,8 @@ def make_discriminator(discriminator, optimizer, config):
     logits = lambda x: discriminate(d_params, d_stats, x, labels, key)[0].sum()
     return jax.grad(logits)(x)
 
-  def d_update(step, d, real, real_labels, fake, fake_labels, key):
-    d_params, d_stats, d_opt_state = d
+  def d_update(step, d: ModuleState, real, real_labels, fake, fake_labels, key):
+    d_params, d_stats = d.params, d.batch_stats
     b = real.shape[0]
     d_key, gp_key, r1_key, eps_key = jax.random.split(key, 4)
     labels = None if real_labels is None else jnp.concatenate([real_labels, fake_labels])
@@ -150,8 +167,7 @@ def make_discriminator(discriminator, optimizer, config):
       return loss, (new_stats, aux)
 
     (d_loss, (d_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
-    updates, d_opt_state = optimizer.update(grads, d_opt_state, d_params)
-    return (optax.apply_updates(d_params, updates), d_stats, d_opt_state), {"d_loss": d_loss, **aux}
+    return d.apply_gradients(optimizer, grads, d_stats), {"d_loss": d_loss, **aux}
 
   return discriminate, d_update, g_loss_of_logits
 
@@ -172,15 +188,15 @@ def make_train_step(models, optimizers, config):
     reals = batch["x"].reshape(b, n, *batch["x"].shape[1:])
     real_labels = batch["label"].reshape(b, n) if classes else None
     keys = jax.random.split(rng, n + 1)
-    g_params = state.params["generator"]
+    g = state.modules["generator"]
+    g_params = g.params
 
     def generate(g_params, z, labels):
-      fake, updates = generator.apply(variables(state, "generator", g_params), z, labels,
-                                      train=True, mutable=["batch_stats"])
+      fake, updates = generator.apply(g.variables(g_params), z, labels, train=True,
+                                      mutable=["batch_stats"])
       return fake, updates.get("batch_stats", {})
 
-    d = (state.params["discriminator"], state.batch_stats["discriminator"],
-         state.opt_state["discriminator"])
+    d = state.modules["discriminator"]
     for i in range(n):
       z_key, label_key, d_key = jax.random.split(keys[i], 3)
       z = jax.random.normal(z_key, (b, latent_dim))
@@ -194,10 +210,9 @@ def make_train_step(models, optimizers, config):
             lambda p: generate(p, z, fake_labels), g_params, has_aux=True)
       d, d_metrics = d_update(state.step, d, reals[:, i], None if real_labels is None else
                               real_labels[:, i], fake, fake_labels, d_key)
-    d_params, d_stats, d_opt_state = d
 
     def g_loss_fn(fake):
-      logits, class_logits, _ = discriminate(d_params, d_stats, fake, fake_labels, keys[n])
+      logits, class_logits, _ = discriminate(d.params, d.batch_stats, fake, fake_labels, keys[n])
       loss = g_loss_of_logits(logits)
       if acgan:
         loss += gan.aux_weight * losses.softmax_cross_entropy(class_logits, fake_labels)
@@ -205,29 +220,11 @@ def make_train_step(models, optimizers, config):
 
     g_loss, fake_grad = jax.value_and_grad(g_loss_fn)(fake)
     (g_grads,) = generator_vjp(fake_grad)
-    g_updates, g_opt_state = optimizers["generator"].update(
-        g_grads, state.opt_state["generator"], g_params)
-    g_params = optax.apply_updates(g_params, g_updates)
-    ema = state.ema
-    if gan.ema_decay:
-      decay = ema_decay(gan.ema_decay, state.step)
-      ema = {"generator": jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                                       ema["generator"], g_params)}
-
-    new_state = state.replace(
-        step=state.step + 1,
-        params={"generator": g_params, "discriminator": d_params},
-        batch_stats={"generator": g_stats, "discriminator": d_stats},
-        opt_state={"generator": g_opt_state, "discriminator": d_opt_state},
-        ema=ema)
-    return new_state, {**d_metrics, "g_loss": g_loss}
+    g = g.apply_gradients(optimizers["generator"], g_grads, g_stats)
+    g = g.update_ema(ema_decay(gan.ema_decay, state.step))
+    return state.next(generator=g, discriminator=d), {**d_metrics, "g_loss": g_loss}
 
   return train_step
-
-
-def sampling_params(state: TrainState):
-  """The generator's EMA weights when the run keeps them, else its current weights."""
-  return state.ema.get("generator", state.params["generator"])
 
 
 def make_generate(models, config):
@@ -236,21 +233,14 @@ def make_generate(models, config):
 
   def generate(state: TrainState, key, labels):
     """Samples [len(labels), ...] of the given classes (ignored by unconditional models), from
-    the generator in inference mode (BatchNorm running averages)."""
+    the generator's EMA weights where kept, in inference mode (BatchNorm running averages)."""
+    g = state.modules["generator"]
     z = jax.random.normal(key, (labels.shape[0], config.model.latent_dim))
-    return generator.apply(variables(state, "generator", sampling_params(state)), z,
-                           labels if conditional else None, train=False)
+    return generator.apply(g.variables(g.sampling_params), z, labels if conditional else None,
+                           train=False)
 
   return generate
 
 
-def make_snapshots(models, config):
-  generate = make_generate(models, config)
-  classes = max(num_classes(config), 1)
-
-  def snapshots(state: TrainState, batch, key):
-    """Samples from the same noise at every call, so grids show progress over training; for a
-    conditional model, sample i has class i mod K."""
-    return {"samples": generate(state, key, jnp.arange(batch["x"].shape[0]) % classes)}
-
-  return snapshots
+def make_functions(models, config):
+  return {"generate": make_generate(models, config)}

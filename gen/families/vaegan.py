@@ -1,4 +1,4 @@
-"""The VAE-GAN train step (Larsen et al. 2016; the seed design's hybrid objective).
+"""The VAE-GAN family (Larsen et al. 2016; the seed design's hybrid objective).
 
 An encoder E and a generator G (a VAE decoder, images through tanh) minimise
 
@@ -14,18 +14,28 @@ over the batch. Weights: `config.vaegan.reconstruction_weight` (λ), `kl_weight`
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
-from gen import UsageError, losses
-from gen.steps import TrainState, init_variables
-from gen.steps import gan as gan_steps
+from gen import UsageError, checks, losses
+from gen.families import ModuleState, TrainState, alternate, init_variables, num_classes
+from gen.families import gan as gan_family
 
 
 def validate(config):
-  gan_steps.validate(config)
+  gan_family.validate(config)
   if config.gan.n_critic != 1 or config.gan.ema_decay:
     raise UsageError("VAE-GAN trains D once per step and keeps no EMA: set "
                      "config.gan.n_critic=1 and config.gan.ema_decay=0.")
+  if num_classes(config):
+    raise UsageError(f"config.model.num_classes={num_classes(config)}: VAE-GAN is "
+                     "unconditional here; set --config.model.num_classes=0 (and "
+                     "conditioning 'none'), or use cdcgan_digits or cvae_digits for a "
+                     "class-conditional model.")
+  for key in ("reconstruction_weight", "kl_weight", "adversarial_weight"):
+    checks.in_range(config.vaegan[key], f"vaegan.{key}", 0.0, float("inf"))
+
+
+def batch_spec(config, dataset) -> dict:
+  return {"x": dataset.spec["x"]}
 
 
 def options(**overrides) -> ml_collections.ConfigDict:
@@ -36,17 +46,16 @@ def options(**overrides) -> ml_collections.ConfigDict:
   return weights
 
 
-def init_state(models, optimizers, config, shape, key) -> TrainState:
+def init_state(models, optimizers, config, spec, key) -> TrainState:
   e_key, g_key, d_key, rng = jax.random.split(key, 4)
-  x = jnp.zeros((1, *shape))
+  x = jnp.zeros((1, *spec["x"].shape))
   e_params, _ = init_variables(models["encoder"], e_key, x)
   g_params, _ = init_variables(models["generator"], g_key, jnp.zeros((1, config.model.latent_dim)))
   d_params, d_stats = init_variables(models["discriminator"], d_key, x, None, train=False)
-  params = {"encoder": e_params, "generator": g_params, "discriminator": d_params}
-  return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params=params,
-                    batch_stats={"discriminator": d_stats},
-                    opt_state={name: optimizers[name].init(p) for name, p in params.items()},
-                    ema={})
+  return TrainState.create(rng, {
+      "encoder": ModuleState.create(e_params, optimizers["encoder"]),
+      "generator": ModuleState.create(g_params, optimizers["generator"]),
+      "discriminator": ModuleState.create(d_params, optimizers["discriminator"], d_stats)})
 
 
 def _decode(generator, params, z):
@@ -56,7 +65,7 @@ def _decode(generator, params, z):
 def make_train_step(models, optimizers, config):
   encoder, generator = models["encoder"], models["generator"]
   weights = config.vaegan
-  discriminate, d_update, g_loss_of_logits = gan_steps.make_discriminator(
+  discriminate, d_update, g_loss_of_logits = gan_family.make_discriminator(
       models["discriminator"], optimizers["discriminator"], config)
 
   def train_step(state: TrainState, batch, rng):
@@ -81,14 +90,12 @@ def make_train_step(models, optimizers, config):
     # D sees reconstructions for half the batch and prior samples for the other half.
     half = b // 2
     fake = jnp.concatenate([recon[:half], samples[half:]])
-    d = (state.params["discriminator"], state.batch_stats["discriminator"],
-         state.opt_state["discriminator"])
-    (d_params, d_stats, d_opt_state), d_metrics = d_update(
-        state.step, d, x, None, jax.lax.stop_gradient(fake), None, d_key)
+    d, d_metrics = d_update(state.step, state.modules["discriminator"], x, None,
+                            jax.lax.stop_gradient(fake), None, d_key)
 
     def eg_loss(recon, samples):
-      logits, _, _ = discriminate(d_params, d_stats, jnp.concatenate([recon, samples]), None,
-                                  g_key)
+      logits, _, _ = discriminate(d.params, d.batch_stats, jnp.concatenate([recon, samples]),
+                                  None, g_key)
       adversarial = g_loss_of_logits(logits)
       l1 = jnp.abs(x - recon).reshape(b, -1).sum(-1).mean()
       loss = (weights.adversarial_weight * adversarial + weights.reconstruction_weight * l1)
@@ -97,14 +104,12 @@ def make_train_step(models, optimizers, config):
     (_, (adversarial, l1)), (recon_grad, samples_grad) = jax.value_and_grad(
         eg_loss, argnums=(0, 1), has_aux=True)(recon, samples)
     (eg_grads,) = eg_vjp((recon_grad, samples_grad, jnp.asarray(weights.kl_weight, kl.dtype)))
-    new_params, new_opt_state = {"discriminator": d_params}, {"discriminator": d_opt_state}
-    for name in ("encoder", "generator"):
-      updates, new_opt_state[name] = optimizers[name].update(
-          eg_grads[name], state.opt_state[name], eg_params[name])
-      new_params[name] = optax.apply_updates(eg_params[name], updates)
-
-    new_state = state.replace(step=state.step + 1, params=new_params,
-                              batch_stats={"discriminator": d_stats}, opt_state=new_opt_state)
+    new_state = state.next(
+        encoder=state.modules["encoder"].apply_gradients(optimizers["encoder"],
+                                                         eg_grads["encoder"]),
+        generator=state.modules["generator"].apply_gradients(optimizers["generator"],
+                                                             eg_grads["generator"]),
+        discriminator=d)
     return new_state, {**d_metrics, "g_adversarial": adversarial, "reconstruction_l1": l1,
                        "kl": kl}
 
@@ -126,7 +131,7 @@ def make_reconstruct(models, config):
   """reconstruct(state, x) -> G(mean of q(z|x)) in model space."""
   encoder, generator = models["encoder"], models["generator"]
 
-  def reconstruct(state: TrainState, x):
+  def reconstruct(state: TrainState, x, labels=None):
     mean, _ = encoder.apply({"params": state.params["encoder"]}, x)
     return _decode(generator, state.params["generator"], mean)
 
@@ -139,9 +144,12 @@ def make_snapshots(models, config):
   def snapshots(state: TrainState, batch, key):
     """Prior samples, and inputs beside their reconstructions."""
     x = batch["x"]
-    half = x.shape[0] // 2
-    pairs = jnp.stack([x[:half], reconstruct(state, x)[:half]], axis=1).reshape(-1, *x.shape[1:])
     return {"samples": generate(state, key, jnp.zeros(x.shape[0], jnp.int32)),
-            "reconstructions": pairs}
+            "reconstructions": alternate(x, reconstruct(state, x))}
 
   return snapshots
+
+
+def make_functions(models, config):
+  return {"generate": make_generate(models, config),
+          "reconstruct": make_reconstruct(models, config)}

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gen.models import resnet
+from gen.models import resnet_gan as resnet
 
 B = 2  # Tiny batches and, where the test allows, narrow widths: the suite runs on 2 CPU cores.
 

@@ -1,14 +1,23 @@
-"""The VQ-VAE train step (van den Oord et al. 2017): reconstruction plus β·commitment, with the
+"""The VQ-VAE family (van den Oord et al. 2017): reconstruction plus β·commitment, with the
 codebook learnt by EMA inside the step (gen.models.vqvae.VectorQuantizer).
 
-The codebook and its statistics live in `TrainState.batch_stats["vqvae"]`, so checkpoints,
+The codebook and its statistics live in the "vqvae" module's batch_stats, so checkpoints,
 resumes and sharding carry them like BatchNorm statistics.
 """
 import jax
 import jax.numpy as jnp
-import optax
 
-from gen.steps import TrainState, init_variables, variables
+from gen import checks
+from gen.families import ModuleState, TrainState, alternate, init_variables
+
+
+def validate(config):
+  checks.in_range(config.model.commitment_cost, "model.commitment_cost", 0.0, float("inf"))
+  checks.positive(config.model.get("data_variance", 1.0), "model.data_variance")
+
+
+def batch_spec(config, dataset) -> dict:
+  return {"x": dataset.spec["x"]}
 
 
 def code_usage(indices: jax.Array, num_codes: int) -> dict[str, jax.Array]:
@@ -20,12 +29,12 @@ def code_usage(indices: jax.Array, num_codes: int) -> dict[str, jax.Array]:
           "codes_used": jnp.sum(frequencies > 0).astype(jnp.float32)}
 
 
-def init_state(models, optimizers, config, shape, key) -> TrainState:
+def init_state(models, optimizers, config, spec, key) -> TrainState:
   init_key, rng = jax.random.split(key)
-  params, codebook = init_variables(models["vqvae"], init_key, jnp.zeros((1, *shape)), train=False)
-  return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, params={"vqvae": params},
-                    batch_stats={"vqvae": codebook},
-                    opt_state={"vqvae": optimizers["vqvae"].init(params)}, ema={})
+  params, codebook = init_variables(models["vqvae"], init_key, jnp.zeros((1, *spec["x"].shape)),
+                                    train=False)
+  return TrainState.create(rng, {"vqvae": ModuleState.create(params, optimizers["vqvae"],
+                                                             codebook)})
 
 
 def make_train_step(models, optimizers, config):
@@ -37,22 +46,20 @@ def make_train_step(models, optimizers, config):
   def train_step(state: TrainState, batch, rng):
     """batch["x"] [B, H, W, C] in [-1, 1] -> (state with the codebook updated, scalar metrics)."""
     x = batch["x"]
+    module = state.modules["vqvae"]
 
     def loss_fn(params):
       (decoded, indices, commitment), updates = vqvae.apply(
-          variables(state, "vqvae", params), x, train=True, rngs={"restart": rng},
+          module.variables(params), x, train=True, rngs={"restart": rng},
           mutable=["batch_stats"])
       reconstruction = jnp.mean((decoded - x)**2) / data_variance
       loss = reconstruction + beta * commitment
       return loss, (updates["batch_stats"], indices,
                     {"reconstruction": reconstruction, "commitment": commitment})
 
-    params = state.params["vqvae"]
-    (loss, (codebook, indices, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizers["vqvae"].update(grads, state.opt_state["vqvae"], params)
-    new_state = state.replace(step=state.step + 1,
-                              params={"vqvae": optax.apply_updates(params, updates)},
-                              batch_stats={"vqvae": codebook}, opt_state={"vqvae": opt_state})
+    (loss, (codebook, indices, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        module.params)
+    new_state = state.next(vqvae=module.apply_gradients(optimizers["vqvae"], grads, codebook))
     return new_state, {"loss": loss, **metrics, **code_usage(indices, vqvae.num_codes)}
 
   return train_step
@@ -68,7 +75,7 @@ def make_generate(models, config):
     only set how many."""
     h, w = vqvae.latent_shape
     indices = jax.random.randint(key, (labels.shape[0], h, w), 0, vqvae.num_codes)
-    decoded = vqvae.apply(variables(state, "vqvae"), indices, method=vqvae.decode_indices)
+    decoded = vqvae.apply(state.modules["vqvae"].variables(), indices, method=vqvae.decode_indices)
     return jnp.clip(decoded, -1.0, 1.0)
 
   return generate
@@ -78,8 +85,8 @@ def make_reconstruct(models, config):
   """reconstruct(state, x) -> decodings of x's nearest codes, in model space (no update)."""
   vqvae = models["vqvae"]
 
-  def reconstruct(state: TrainState, x):
-    decoded, _, _ = vqvae.apply(variables(state, "vqvae"), x, train=False)
+  def reconstruct(state: TrainState, x, labels=None):
+    decoded, _, _ = vqvae.apply(state.modules["vqvae"].variables(), x, train=False)
     return jnp.clip(decoded, -1.0, 1.0)
 
   return reconstruct
@@ -92,10 +99,13 @@ def make_snapshots(models, config):
   def snapshots(state: TrainState, batch, key):
     """Decoded random codes, and inputs beside their reconstructions."""
     x = batch["x"]
-    # Rows alternate inputs and reconstructions.
     half = x.shape[0] // 2
-    pairs = jnp.stack([x[:half], reconstruct(state, x[:half])], axis=1).reshape(-1, *x.shape[1:])
     return {"samples": generate(state, key, jnp.zeros(x.shape[0], jnp.int32)),
-            "reconstructions": pairs}
+            "reconstructions": alternate(x, reconstruct(state, x[:half]))}
 
   return snapshots
+
+
+def make_functions(models, config):
+  return {"generate": make_generate(models, config),
+          "reconstruct": make_reconstruct(models, config)}

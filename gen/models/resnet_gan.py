@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gen import UsageError, checks, models
 from gen.models.layers import Conv, ConditionalBatchNorm, DiscriminatorHead, maybe_spectral_norm
 
 # Glorot uniform with gain g is variance_scaling(g², "fan_avg", "uniform"); flax's fans for
@@ -162,3 +163,24 @@ class Discriminator(nn.Module):
     head = DiscriminatorHead(num_classes=self.num_classes, conditioning=self.conditioning,
                              spectral_norm=sn, dtype=dtype)
     return head(features, labels, train)
+
+
+FAMILY = "gan"
+
+
+def build(model_config, shape) -> dict:
+  """{"generator", "discriminator"} of widths generator_width and discriminator_width."""
+  if len(shape) != 3 or shape[0] != shape[1] or shape[0] % 8:
+    raise UsageError(f"resnet_gan needs square images with a side divisible by 8, got {shape}.")
+  checks.at_least(model_config.generator_width, "model.generator_width", 1)
+  checks.at_least(model_config.discriminator_width, "model.discriminator_width", 1)
+  checks.at_least(model_config.latent_dim, "model.latent_dim", 1)
+  conditioning = models.gan_conditioning(model_config)
+  dtype = jnp.dtype(model_config.dtype)
+  return {
+      "generator": Generator(model_config.generator_width, base=shape[0] // 8,
+                             channels=shape[-1], num_classes=conditioning["num_classes"],
+                             dtype=dtype),
+      "discriminator": Discriminator(model_config.discriminator_width, dtype=dtype,
+                                     **conditioning),
+  }

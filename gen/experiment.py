@@ -1,0 +1,231 @@
+"""What a config builds before anything is compiled, the programs it compiles, and the ways
+back into a trained run: restoring its latest checkpoint and sampling from it.
+
+  build(config) -> Experiment: the config checked (keys and values), the mesh, the data, the
+    models, their family and optimizers.
+  restore_latest(experiment, workdir) -> TrainState
+  sample(config, workdir, num_samples, output, **sample_flags): --mode=sample.
+
+Everything here goes through the family's interface (gen.families); nothing writes files
+except `sample`, which writes the file it is asked for.
+"""
+import dataclasses
+import functools
+import os
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from gen import UsageError, checkpoint, checks, cli, data, families, models as models_lib, sharding
+from gen.families import TrainState, step_key
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a config builds before anything is compiled."""
+  config: Any
+  mesh: jax.sharding.Mesh
+  dataset: data.Dataset
+  models: dict
+  family: families.Family
+  optimizers: dict
+  # XLA options for the programs the experiment compiles (None: XLA's defaults). The tests
+  # turn XLA's optimisations off for their short runs, where compiling is most of the time.
+  compiler_options: ClassVar[dict | None] = None
+
+  def jit(self, fn, **kwargs):
+    """jax.jit with the experiment's compiler options."""
+    return jax.jit(fn, compiler_options=self.compiler_options, **kwargs)
+
+  @functools.cached_property
+  def spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """The family's batch spec: what one example of a training batch holds."""
+    return self.family.batch_spec(self.config, self.dataset)
+
+  def read_batch(self, indices) -> dict[str, np.ndarray]:
+    """The examples at `indices` of the training split, as a step takes them: the fields of
+    the batch spec, in its dtypes (on the host)."""
+    examples = self.dataset.read(np.asarray(indices))
+    return {name: np.asarray(examples[name], field.dtype) for name, field in self.spec.items()}
+
+  @functools.cached_property
+  def functions(self) -> dict:
+    """The family's functions by name ("generate", "reconstruct", ...)."""
+    return self.family.make_functions(self.models, self.config)
+
+  @property
+  def num_classes(self) -> int:
+    """Classes of a conditional model, 0 for an unconditional one."""
+    return families.num_classes(self.config)
+
+  @property
+  def step_batch_size(self) -> int:
+    """Examples one train step consumes: the batch, times the family's examples_per_step."""
+    return self.config.batch_size * self.family.examples_per_step(self.config)
+
+  def _init(self, key) -> TrainState:
+    return self.family.init_state(self.models, self.optimizers, self.config, self.spec, key)
+
+  @functools.cached_property
+  def _state_shapes(self):
+    return jax.eval_shape(self._init, jax.random.key(self.config.seed))
+
+  def state_sharding(self):
+    return sharding.state_sharding(self._state_shapes, self.mesh)
+
+  def init_state(self) -> TrainState:
+    return self.jit(self._init, out_shardings=self.state_sharding())(
+        jax.random.key(self.config.seed))
+
+  def abstract_state(self):
+    """The state's shapes, dtypes and shardings, without computing it (for restoring)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self._state_shapes, self.state_sharding())
+
+  def compile_train_step(self, state: TrainState):
+    """The train step compiled once for the mesh: `(state, batch) -> (state, metrics)`.
+
+    The step's key is derived from the state, the state is donated, and the batch (the
+    family's batch spec with a leading axis of `step_batch_size`) is split over the `data`
+    axis. A step whose losses or updated state are not finite keeps the previous state (only
+    the step count advances, so the next step draws new noise and data) and reports
+    `update_skipped` = 1.
+    """
+    train_step = self.family.make_train_step(self.models, self.optimizers, self.config)
+    state_sharding = self.state_sharding()
+    replicated, batched = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
+    batch = {name: jax.ShapeDtypeStruct((self.step_batch_size, *field.shape), field.dtype,
+                                        sharding=batched)
+             for name, field in self.spec.items()}
+
+    def guarded_step(state, batch):
+      new, metrics = train_step(state, batch, step_key(state))
+      learned = lambda s: (s.modules, s.family_state)
+      finite = all_finite((metrics, learned(new)))
+      keep = lambda updated, previous: jnp.where(finite, updated, previous)
+      modules, family_state = jax.tree.map(keep, learned(new), learned(state))
+      new = new.replace(modules=modules, family_state=family_state)
+      return new, {**metrics, "update_skipped": 1.0 - finite.astype(np.float32)}
+
+    return jax.jit(guarded_step, in_shardings=(state_sharding, batched),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0,
+                   ).lower(state, batch).compile(compiler_options=self.compiler_options)
+
+  def generate_function(self):
+    generate = self.functions.get("generate")
+    if generate is None:
+      raise UsageError(f"The {self.family.name} family has no generate function: it cannot "
+                       f"draw samples this way.")
+    return generate
+
+  def compile_generate(self):
+    """generate(state, key, labels) -> [len(labels), ...] in model space; each device makes
+    its slice. Unconditional models ignore the labels' values."""
+    return self.jit(self.generate_function(), out_shardings=sharding.batch_sharding(self.mesh))
+
+  def sample_labels(self, num: int, labels=None) -> np.ndarray:
+    """The classes of `num` samples: `labels` repeated, or all classes in turn (zeros for an
+    unconditional model)."""
+    return families.sample_labels(self.num_classes, num, labels)
+
+  def sampler(self):
+    """samples(state, num, key, labels=None) -> NumPy [num, ...] in model space, of the classes
+    `sample_labels(num, labels)`, in batches of the config's size; batch i uses
+    fold_in(key, i), so the result depends on the key and labels alone."""
+    generate, batch_size = self.compile_generate(), self.config.batch_size
+    batched = sharding.batch_sharding(self.mesh)
+
+    def samples(state, num: int, key, labels=None) -> np.ndarray:
+      labels = self.sample_labels(-(-num // batch_size) * batch_size, labels)
+      chunks = [sharding.to_host(generate(state, jax.random.fold_in(key, i), jax.device_put(
+          labels[i * batch_size:(i + 1) * batch_size], batched)))
+                for i in range(-(-num // batch_size))]
+      return np.concatenate(chunks)[:num]
+
+    return samples
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite (a bool scalar)."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
+
+
+def flops_per_step(compiled) -> float:
+  """FLOPs of one call of a compiled program, from XLA's cost analysis (0 when unknown)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
+def _check_loop_values(config) -> None:
+  checks.at_least(config.num_steps, "num_steps", 0)
+  for key in ("log_every", "sample_every", "checkpoint_every", "eval_every",
+              "max_nonfinite_steps"):
+    checks.at_least(config[key], key, 1)
+  checks.at_least(config.keep_checkpoints, "keep_checkpoints", 1)
+  checks.at_least(config.get("profile_steps", 0), "profile_steps", 0)
+
+
+def build(config, mesh=None) -> Experiment:
+  """Checks the config's keys and values against the devices and the data, then builds the
+  models, their family and its optimizers."""
+  cli.check_required_keys(config)
+  _check_loop_values(config)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  sharding.check_batch_size(config.batch_size, mesh)
+  dataset = data.load(config.dataset)
+  models = models_lib.build(config.model, dataset.shape)
+  family = families.get(models_lib.family(config.model))
+  classes = families.num_classes(config)
+  if classes and dataset.num_classes and classes != dataset.num_classes:
+    raise UsageError(f"config.model.num_classes={classes}, but {dataset.name} has "
+                     f"{dataset.num_classes} classes: set --config.model.num_classes="
+                     f"{dataset.num_classes}.")
+  family.validate(config)
+  return Experiment(config, mesh, dataset, models, family,
+                    family.make_optimizers(config, list(models)))
+
+
+def restore_latest(experiment: Experiment, workdir: str) -> TrainState:
+  """The train state of the latest checkpoint in `workdir`, placed on the experiment's mesh."""
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
+    if checkpointer.latest_step() is None:
+      raise UsageError(
+          f"No checkpoint in {checkpointer.directory}: train first (--mode=train with the same "
+          f"--workdir), or point --workdir at a trained run.")
+    state, _ = checkpointer.restore(experiment.abstract_state())
+  return state
+
+
+def sample(config, workdir: str, num_samples: int, output: str, mesh=None, **sample_flags
+           ) -> dict[str, np.ndarray]:
+  """Writes `num_samples` samples of the latest checkpoint to `output` (.npz), as the family's
+  sampler makes them from `sample_flags` (for image models: "samples" in [0, 1] and "labels",
+  the classes asked for with `labels`, every class in turn by default).
+
+  Deterministic for a given checkpoint, `config.seed` and flags.
+  """
+  experiment = build(config, mesh)
+  unknown = sorted(set(sample_flags) - set(experiment.family.sample_flags))
+  if unknown:
+    raise UsageError(f"--{unknown[0]} is not a sampling flag of {config.model.name} (the "
+                     f"{experiment.family.name} family); its flags: "
+                     f"{', '.join('--' + f for f in experiment.family.sample_flags) or 'none'}.")
+  if num_samples < 1:
+    raise UsageError(f"--num_samples={num_samples} must be at least 1.")
+  # Bad flags fail here, before a checkpoint is restored or anything compiled.
+  sampler = experiment.family.make_sampler(experiment, num_samples, **sample_flags)
+  state = restore_latest(experiment, workdir)
+  arrays = sampler(state, jax.random.fold_in(jax.random.key(config.seed), 1))
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    np.savez(output, **arrays)
+    logging.info("Wrote %s of step %d to %s.", ", ".join(
+        f"{name} {tuple(np.shape(value))}" for name, value in arrays.items()), int(state.step),
+        output)
+  return arrays
