@@ -34,22 +34,31 @@ if [[ "$target" != "test" && "$target" != "bench" && ! -f "experiments/$target.p
   exit 2
 fi
 
+# What this target imports, and what installs it: the tests need the test extra too; an
+# experiment only gen (so a .venv prepared with `pip install -e .` is used as it is).
+if [[ "$target" == "test" ]]; then
+  needs="import gen.main, pytest, xdist, nbclient"
+  package=".[test]"
+else
+  needs="import gen.main"
+  package="."
+fi
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
   if [[ -x .venv/bin/python ]]; then
     python=.venv/bin/python
-  elif command -v python3 >/dev/null && python3 -c "import gen.main, pytest, xdist, nbclient" 2>/dev/null; then
+  elif command -v python3 >/dev/null && python3 -c "$needs" 2>/dev/null; then
     python=python3
   else
     python=.venv/bin/python
   fi
 fi
-if ! "$python" -c "import gen.main, pytest, xdist, nbclient" 2>/dev/null; then
+if ! "$python" -c "$needs" 2>/dev/null; then
   echo "Installing gen and its dependencies into .venv (first use only)..." >&2
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
   python=.venv/bin/python
   "$python" -m pip install --quiet --upgrade pip
-  "$python" -m pip install --quiet -e ".[test]"
+  "$python" -m pip install --quiet -e "$package"
 fi
 
 if [[ "$target" == "test" ]]; then

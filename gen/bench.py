@@ -29,13 +29,22 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before timing.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 _PROFILE = flags.DEFINE_integer("profile", 0, "Instead: print the N most expensive XLA operations "
                                 "of the step, traced with jax.profiler, with the layers they come from.")
+_FIRST_STEP = flags.DEFINE_bool("first_step", False, "Instead: build, compile and run one step, "
+                                "then print the persistent cache's hits (what a launch measures).")
 
-# Dense peak FLOP/s by device kind and compute dtype, from the vendors' data sheets.
+# Dense peak FLOP/s per chip by device kind and compute dtype, from the vendors' data sheets
+# (NVIDIA: without sparsity; TPUs: float32 matmuls run on the MXU in bfloat16 passes, so the
+# bfloat16 peak is theirs too).
 VENDOR_PEAKS = {
     ("NVIDIA H100 80GB HBM3", "bfloat16"): 989e12, ("NVIDIA H100 80GB HBM3", "float32"): 67e12,
+    ("NVIDIA H100 PCIe", "bfloat16"): 756e12, ("NVIDIA H100 PCIe", "float32"): 51e12,
     ("NVIDIA H200", "bfloat16"): 989e12, ("NVIDIA H200", "float32"): 67e12,
     ("NVIDIA A100-SXM4-80GB", "bfloat16"): 312e12, ("NVIDIA A100-SXM4-80GB", "float32"): 19.5e12,
-    ("TPU v4", "bfloat16"): 275e12, ("TPU v5 lite", "bfloat16"): 197e12,
+    ("NVIDIA A100-SXM4-40GB", "bfloat16"): 312e12, ("NVIDIA A100-SXM4-40GB", "float32"): 19.5e12,
+    ("TPU v4", "bfloat16"): 275e12, ("TPU v4", "float32"): 275e12,
+    ("TPU v5 lite", "bfloat16"): 197e12, ("TPU v5 lite", "float32"): 197e12,
+    ("TPU v5", "bfloat16"): 459e12, ("TPU v5", "float32"): 459e12,
+    ("TPU v6 lite", "bfloat16"): 918e12, ("TPU v6 lite", "float32"): 918e12,
 }
 
 
@@ -49,7 +58,8 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def peak_flops_per_sec(dtype: str = "float32") -> tuple[float, str]:
-  """(peak FLOP/s of all devices, where the number comes from)."""
+  """(peak FLOP/s of all devices in the compute `dtype`, where the number comes from): the
+  vendor's peak on GPUs and TPUs, else the fastest of 10 2048x2048 matmuls in `dtype` here."""
   import jax
   import jax.numpy as jnp
   device = jax.devices()[0]
@@ -58,11 +68,11 @@ def peak_flops_per_sec(dtype: str = "float32") -> tuple[float, str]:
     if peak is not None:
       return peak * jax.device_count(), f"vendor peak of {device.device_kind}, {dtype}"
   n = 2048
-  a = jnp.ones((n, n), jnp.float32)
+  a = jnp.ones((n, n), dtype)
   matmul = jax.jit(lambda a: a @ a)
   matmul(a).block_until_ready()
   seconds = min(_median_seconds(lambda: matmul(a).block_until_ready(), 1) for _ in range(10))
-  return 2 * n**3 / seconds, f"measured {n}x{n} f32 matmul on {device.device_kind}"
+  return 2 * n**3 / seconds, f"measured {n}x{n} {dtype} matmul on {device.device_kind}"
 
 
 def device_batch(experiment):
@@ -88,17 +98,51 @@ def dataset_or_mock(config):
   yield "dataset"
 
 
-def benchmark(config, steps: int = 20, warmup: int = 3) -> dict:
-  """Measures the experiment of `config`; returns the numbers as a dict."""
+def benchmark(config, steps: int = 20, warmup: int = 3, launch_args=None) -> dict:
+  """Measures the experiment of `config`; returns the numbers as a dict. With `launch_args`
+  (the `python -m gen.bench` arguments that give `config`), also the time from launch to the
+  first step of a first and a second process, the second with the persistent compilation
+  cache the first filled."""
+  launches = _launches(launch_args) if launch_args is not None else {}
   with dataset_or_mock(config) as source:
-    return {**_benchmark(config, steps, warmup), "input_source": source}
+    return {**_benchmark(config, steps, warmup), **launches, "input_source": source}
+
+
+def _launches(launch_args) -> dict:
+  """Wall time of two `gen.bench --first_step` processes sharing an empty compilation cache."""
+  import subprocess
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="gen-bench-cache-"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  results = {}
+  for name in ("first_launch", "second_launch"):
+    start = time.perf_counter()
+    child = subprocess.run([sys.executable, "-m", "gen.bench", *launch_args, "--first_step"],
+                           env=env, capture_output=True, text=True, check=True)
+    results[f"{name}_s"] = time.perf_counter() - start
+    results[f"{name}_cache_hits"] = json.loads(child.stdout.strip().splitlines()[-1])["cache_hits"]
+  return results
+
+
+def first_step(config) -> dict:
+  """Builds, compiles and runs one train step; {"cache_hits": persistent-cache hits}."""
+  import jax
+  from gen import experiment as experiment_lib
+  hits = []
+  jax.monitoring.register_event_listener(
+      lambda event, **kwargs: hits.append(event) if event.endswith("cache_hits") else None)
+  experiment = experiment_lib.build(config)
+  state = experiment.init_state()
+  state, metrics = experiment.compile_train_step(state)(state, device_batch(experiment))
+  jax.block_until_ready(metrics)
+  return {"cache_hits": len(hits)}
 
 
 def _benchmark(config, steps: int, warmup: int) -> dict:
   import jax
   from gen import data, experiment as experiment_lib, sharding
 
-  # Compile once against an empty persistent cache, and once more from it.
+  # An empty persistent cache: what a first launch compiles.
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gen-bench-cache-"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -107,10 +151,6 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   start = time.perf_counter()
   step = experiment.compile_train_step(state)
   compile_s = time.perf_counter() - start
-  jax.clear_caches()
-  start = time.perf_counter()
-  step = experiment.compile_train_step(state)
-  compile_cached_s = time.perf_counter() - start
 
   flops_per_step = experiment_lib.flops_per_step(step)
 
@@ -155,14 +195,13 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
         lambda: generate(state, jax.random.key(1), labels).block_until_ready(), steps)
     sampling = {f"sample_{unit}_per_sec": config.batch_size * per_example / sample_s}
 
-  peak, peak_source = peak_flops_per_sec()
+  peak, peak_source = peak_flops_per_sec(config.model.dtype)
   return {
       "experiment_batch_size": batch_size,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       f"{unit}_per_sec": batch_size * per_example / step_s,
       "step_ms": 1e3 * step_s,
       "compile_s": compile_s,
-      "compile_cached_s": compile_cached_s,
       "flops_per_step": flops_per_step,
       "flops_per_sec": flops_per_step / step_s,
       "peak_flops_per_sec": peak,
@@ -243,8 +282,8 @@ def profile(config, steps: int) -> tuple[list[tuple[str, str, float]], float]:
   # of their own: their time is what the untraced step spends beyond the traced operations.
   untraced = step_ms - sum(totals.values())
   if untraced > 0:
-    rows = sorted(rows + [("not traced (asynchronous kernels: convolutions)", "", untraced)],
-                  key=lambda row: -row[2])
+    rows = sorted(rows + [("between traced operations (dispatch, waiting, untraced kernels)", "",
+                           untraced)], key=lambda row: -row[2])
   return rows, max(step_ms, sum(totals.values()))
 
 
@@ -256,6 +295,10 @@ def main(argv):
   config = cli.CONFIG.value
   if _BATCH_SIZE.value:
     config.batch_size = _BATCH_SIZE.value
+  if _FIRST_STEP.value:
+    with dataset_or_mock(config):
+      print(json.dumps(first_step(config)))
+    return
   if _PROFILE.value:
     with dataset_or_mock(config):
       rows, total = profile(config, _STEPS.value)
@@ -264,7 +307,10 @@ def main(argv):
       print(f"| {name} | {source} | {ms:.2f} | {100 * ms / total:.1f}% |")
     print(f"| all {len(rows)} operations | | {total:.2f} | 100% |")
     return
-  result = benchmark(config, _STEPS.value, _WARMUP.value)
+  # The arguments that give this config, for the two launches it times.
+  launch_args = [arg for arg in sys.argv[1:] if not arg.startswith(("--json", "--steps",
+                                                                     "--warmup", "--profile"))]
+  result = benchmark(config, _STEPS.value, _WARMUP.value, launch_args)
   if _JSON.value:
     print(json.dumps(result))
   else:

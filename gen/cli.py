@@ -106,10 +106,19 @@ def parse_flags(argv):
 
 
 class _QuietLibraries:
-  """Keeps library INFO chatter (Orbax logs every file it writes) out of the run's log."""
+  """Keeps library INFO chatter (Orbax logs every file it writes) out of the run's log, and
+  the tracebacks Orbax and asyncio log for a checkpoint write that failed for lack of space:
+  gen's own message says which checkpoint, why and what is intact."""
 
   def filter(self, record) -> bool:
-    return record.levelno >= 30 or "/orbax/" not in record.pathname  # 30: WARNING.
+    library = "/orbax/" in record.pathname or record.name == "asyncio" or (
+        "asyncio" in record.pathname)
+    if not library:
+      return True
+    if record.levelno < 30:  # 30: WARNING.
+      return False
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return "RESOURCE_EXHAUSTED" not in text and "No space left" not in text
 
 
 def quiet_library_logs() -> None:

@@ -147,11 +147,9 @@ def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
                        f"data_dir={data_dir!r}): {type(e).__name__}: {e}\n{fix}") from e
   first = source[0]
   shape = tuple(first["image"].shape)
-  num_classes = 0
-  try:
-    num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
-  except Exception:  # Unlabelled or unknown metadata: labels stay as stored.
-    pass
+  features = tfds.builder(name, data_dir=data_dir).info.features
+  # An unlabelled dataset, or labels that are not classes: no class count to check against.
+  num_classes = getattr(features["label"], "num_classes", 0) if "label" in features.keys() else 0
 
   def read(idx):
     examples = [source[int(i)] for i in idx]

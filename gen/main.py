@@ -62,7 +62,7 @@ def main(argv):
     return
 
   # Late: flag errors come before JAX starts.
-  from gen import evaluate, experiment, sharding, train
+  from gen import checkpoint, evaluate, experiment, sharding, train
   cli.set_xla_defaults()
   try:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -80,6 +80,9 @@ def main(argv):
       print(json.dumps(results, indent=2))
   except UsageError as e:
     cli.fail(str(e))
+  except checkpoint.WriteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   except train.Stopped as e:
     print(e, file=sys.stderr)
     sys.exit(e.exit_code)

@@ -94,8 +94,9 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   """Trains to `config.num_steps`, resuming from the latest checkpoint in `workdir`.
 
   Raises `Stopped` when a signal or `config.max_nonfinite_steps` non-finite steps in a row
-  end the run early. A signal that comes while the state is restored or the step compiles
-  stops the run after its first step.
+  end the run early, and `checkpoint.WriteError` when the workdir's disk is full. A signal
+  that comes while the state is restored or the step compiles stops the run after its first
+  step.
   """
   experiment = experiment_lib.build(config, mesh)
   prepare_workdir(workdir)
@@ -103,7 +104,12 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   # one process killed by Ctrl-C there would leave the others waiting in a collective.
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                config.keep_checkpoints) as checkpointer, _StopSignals() as signals:
-    state = _train(experiment, workdir, checkpointer, signals)
+    try:
+      state = _train(experiment, workdir, checkpointer, signals)
+    except OSError as e:  # The logs, samples or evaluations: the checkpoints say so themselves.
+      if not checkpoint.is_out_of_space(e):
+        raise
+      raise checkpointer.out_of_space() from e
   if jax.process_index() == 0:
     logging.info("Report: %s", report.write_report(workdir)[-1])
   return state
@@ -168,6 +174,13 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
     logging.info("Step %d already reached num_steps=%d; nothing to train.", start, config.num_steps)
     return state
 
+  # Everything evaluation needs (the evaluation split, weights files, classifiers, reference
+  # features) is loaded before the first step, so that a missing one fails now, not at the
+  # first evaluation thousands of steps later.
+  evaluations = config.num_steps // config.eval_every - start // config.eval_every
+  evaluator = (evaluate.make_evaluator(experiment, workdir)
+               if config.eval.metrics and evaluations > 0 else None)
+
   compile_start = time.perf_counter()
   compiled_step = experiment.compile_train_step(state)
   step_flops = experiment_lib.flops_per_step(compiled_step)
@@ -183,7 +196,6 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
   unit, per_example = family.throughput_unit(config)
 
   writer = writers.MetricWriter(workdir, resume_step=start)
-  evaluator = None  # Built at the first evaluation: it loads data and a feature extractor.
   best_metric = config.eval.get("best_metric")
   best = checkpoint.BestCheckpoint(
       workdir, best_metric, bool(best_metric) and evaluate.higher_is_better(experiment, best_metric))
@@ -225,8 +237,7 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
       stop = signals.stop_requested(step)
       if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
         checkpointer.save(step, state, batches.state)
-      if config.eval.metrics and step % config.eval_every == 0 and not stop:
-        evaluator = evaluator or evaluate.make_evaluator(experiment, workdir)
+      if evaluator and step % config.eval_every == 0 and not stop:
         results = evaluator(state)
         writers.write_eval(workdir, step, results)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
@@ -238,12 +249,22 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
                       f"{checkpointer.path(step)} holds it. Run the same command to "
                       f"resume from there.", signals.exit_code)
   finally:
-    profile.close(state)
-    best.close()
-    progress.close()
-    batches.close()
-    writer.close()
+    _close_all(lambda: profile.close(state), best.close, progress.close, batches.close,
+               writer.close)
   return state
+
+
+def _close_all(*closes) -> None:
+  """Calls each of `closes`. While an error propagates, their own errors (a full disk fails
+  every writer) are logged rather than raised, so the first one is what the user sees."""
+  propagating = sys.exc_info()[1] is not None
+  for close in closes:
+    try:
+      close()
+    except Exception as e:
+      if not propagating:
+        raise
+      logging.warning("While stopping: %s: %s", type(e).__name__, e)
 
 
 class _NonFiniteSteps:

@@ -31,14 +31,17 @@ def test_iwae_bound_is_above_the_elbo_and_equals_it_in_expectation_at_k1(single_
   np.testing.assert_allclose(iwae_mean, elbo_mean, rtol=2e-3)
 
 
-def test_inception_metrics_without_weights_name_the_download(tmp_path, monkeypatch,
-                                                               single_device_mesh):
-  from gen import UsageError, evaluate, inception
+def test_inception_metrics_without_weights_fail_before_the_first_step(tmp_path, monkeypatch,
+                                                                       single_device_mesh):
+  from gen import UsageError, inception, train
   monkeypatch.setattr(inception, "default_weights_path", lambda: tmp_path / "missing.pth")
-  config = tiny(load_config("dcgan_digits"), **{"eval.metrics": ("inception",)})
-  experiment = experiment_lib.build(config, single_device_mesh)
+  config = tiny(load_config("dcgan_digits"), num_steps=10_000, eval_every=5_000,
+                **{"eval.metrics": ("inception",)})
+  workdir = tmp_path / "run"
   with pytest.raises(UsageError, match=r"(?s)pt_inception-2015-12-05.*curl -L -o"):
-    evaluate.make_evaluator(experiment, str(tmp_path))
+    train.train(config, str(workdir), single_device_mesh)
+  # Not one step was trained, logged or saved.
+  assert not (workdir / "metrics.jsonl").exists() and not (workdir / "checkpoints").exists()
 
 
 def test_evaluation_on_8_devices_matches_1_device(tmp_path):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli_env, kill_leftovers, load_config, tiny
+from conftest import ROOT, cli_env, kill_leftovers, load_config, override, tiny
 from gen import UsageError, checkpoint, data, experiment as experiment_lib, sharding, train
 
 # gan_grid2d with a linear learning-rate decay and its generator EMA: a resume must restore the
@@ -24,11 +24,12 @@ GRID_ARGS = ["--config=experiments/gan_grid2d.py", "--config.optimizer.schedule=
              "--config.model.hidden=(16,16)"]
 
 
-def launch(workdir, num_steps, optimized=False, **kwargs):
+def launch(workdir, num_steps, optimized=False, args=(), **kwargs):
   return subprocess.Popen(
       [sys.executable, "-m", "gen.main", *GRID_ARGS, f"--config.num_steps={num_steps}",
-       f"--workdir={workdir}"], cwd=ROOT, env=cli_env(optimized=optimized), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+       f"--workdir={workdir}", *args], cwd=ROOT, env=cli_env(optimized=optimized),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+      **kwargs)
 
 
 def finish(process, timeout=300):
@@ -71,10 +72,22 @@ def logged_steps(workdir):
   return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def wait_for_a_logged_step(workdir, process, timeout=120):
+  """Returns once `workdir`'s metrics.jsonl has a line (while `process` still runs)."""
+  deadline = time.monotonic() + timeout
+  metrics = workdir / "metrics.jsonl"
+  while time.monotonic() < deadline and process.poll() is None:
+    if metrics.exists() and metrics.read_text():
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"no step was logged; exit code {process.poll()}")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(sig, tmp_path):
-  process = launch(tmp_path, num_steps=10**7)
-  wait_for_checkpoint(tmp_path, process)
+  # No scheduled checkpoint in this run: the one it stops with is the signal's own.
+  process = launch(tmp_path, num_steps=10**7, args=["--config.checkpoint_every=1000000000"])
+  wait_for_a_logged_step(tmp_path, process)
   process.send_signal(sig)
   code, stderr = finish(process)
   assert code == 128 + sig, stderr[-3000:]
@@ -82,7 +95,8 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(sig
   stopped_at = int(stderr.split("after step ")[1].split(";")[0])
   assert f"checkpoints/{stopped_at} holds it" in stderr
   state, _ = final_state(tmp_path)
-  assert int(state.step) == stopped_at and stopped_at % 50 != 0  # Saved off the schedule.
+  assert int(state.step) == stopped_at and stopped_at >= 50  # After the first logged step.
+  assert os.listdir(tmp_path / "checkpoints") == [str(stopped_at)]
 
   code, stderr = finish(launch(tmp_path, num_steps=stopped_at + 7))
   assert code == 0, stderr[-3000:]
@@ -170,6 +184,121 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, si
   # The damaged step is kept aside, not counted among the two kept, and not deleted.
   assert sorted(os.listdir(tmp_path / "damaged" / "checkpoints")) == ["6", "8"]
   assert os.listdir(tmp_path / "damaged" / "checkpoints_unreadable") == ["4"]
+
+
+def _restored_by_orbax_alone(checkpoints, step, abstract_state):
+  """The state Orbax itself restores from `checkpoints/<step>` (no digest check), or None when
+  it fails to read it."""
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(str(checkpoints),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  try:
+    return jax.device_get(manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state))).state)
+  except Exception:
+    return None
+  finally:
+    manager.close()
+
+
+def overwrite_array_data(checkpoints, step, abstract_state):
+  """Overwrites 4 KB inside one array data file of a checkpoint step (its JSON and metadata
+  intact), chosen so that Orbax alone restores the step without a word but with other values:
+  what a bad disk does. Returns the file."""
+  path = checkpoints / str(step)
+  good = _restored_by_orbax_alone(checkpoints, step, abstract_state)
+  files = sorted((f for f in (path / "state").rglob("*") if f.is_file() and f.parent.name == "d"),
+                 key=lambda f: -f.stat().st_size)
+  noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+  for file in files:
+    original = file.read_bytes()
+    offset = len(original) // 10
+    file.write_bytes(original[:offset] + noise[:len(original) - offset] + original[offset + 4096:])
+    bad = _restored_by_orbax_alone(checkpoints, step, abstract_state)
+    if bad is not None and any(not np.array_equal(a, b) for a, b in zip(
+        _leaves(good), _leaves(bad))):
+      return file
+    file.write_bytes(original)
+  raise AssertionError("no overwrite of the array data restored silently: nothing to test")
+
+
+def _leaves(state):
+  return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                     else x) for x in jax.tree.leaves(state)]
+
+
+def test_corrupted_array_data_is_caught_and_the_previous_checkpoint_restored(
+    tmp_path, single_device_mesh, caplog):
+  # dcgan_digits's own model: its arrays are large enough for Orbax's chunks to hold raw data.
+  config = lambda steps: override(load_config("dcgan_digits"), {
+      "num_steps": steps, "checkpoint_every": 2, "keep_checkpoints": 2, "log_every": 1,
+      "sample_every": 1000, "eval_every": 1000})
+  train.train(config(4), str(tmp_path / "damaged"), single_device_mesh)
+  experiment = experiment_lib.build(config(4), single_device_mesh)
+  overwrite_array_data(tmp_path / "damaged" / "checkpoints", 4, experiment.abstract_state())
+
+  resumed = train.train(config(6), str(tmp_path / "damaged"), single_device_mesh)
+  assert "differ from what was saved" in caplog.text and "trying the previous one" in caplog.text
+  straight = train.train(config(6), str(tmp_path / "straight"), single_device_mesh)
+  assert_states_equal(jax.device_get(resumed), jax.device_get(straight))
+  assert os.listdir(tmp_path / "damaged" / "checkpoints_unreadable") == ["4"]
+
+
+def test_restored_digests_and_finiteness_are_checked(tmp_path, single_device_mesh):
+  from gen.checkpoint import Unreadable, _check_restored, digests
+  state = jax.device_get(experiment_lib.build(tiny(load_config("gan_ring2d")),
+                                              single_device_mesh).init_state())
+  _check_restored(state, digests(state), "a fresh state")  # Passes.
+
+  def with_kernel(kernel):
+    generator = state.modules["generator"]
+    params = {**generator.params, "Dense_0": {**generator.params["Dense_0"], "kernel": kernel}}
+    return state.replace(modules={**state.modules, "generator": generator.replace(params=params)})
+
+  kernel = np.array(state.modules["generator"].params["Dense_0"]["kernel"])
+  changed = kernel.copy()
+  changed[0, 0] = np.nextafter(changed[0, 0], np.inf)  # One bit.
+  with pytest.raises(Unreadable, match=r"1 arrays .* differ .*generator.params.Dense_0.kernel"):
+    _check_restored(with_kernel(changed), digests(state), "step 4")
+  changed[0, 0] = np.nan  # Caught without digests too (a step from before they were kept).
+  with pytest.raises(Unreadable, match="generator.params.Dense_0.kernel of step 4 holds non-finite"):
+    _check_restored(with_kernel(changed), None, "step 4")
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+  """A 6 MB tmpfs (needs root, as CI and these sessions run; skipped otherwise)."""
+  mount = tmp_path / "tinyfs"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a small tmpfs here")
+  try:
+    yield mount
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_names_the_checkpoint_and_the_last_complete_one(tiny_filesystem):
+  workdir = tiny_filesystem / "run"
+  args = ["--config=experiments/dcgan_digits.py", "--config.checkpoint_every=20",
+          "--config.log_every=20", "--config.sample_every=1000000", "--config.eval_every=1000000",
+          f"--workdir={workdir}"]
+  run = lambda steps: subprocess.run(
+      [sys.executable, "-m", "gen.main", *args, f"--config.num_steps={steps}"], cwd=ROOT,
+      env=cli_env(), capture_output=True, text=True, timeout=300)
+  result = run(100)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  message = result.stderr.strip().splitlines()[-1]
+  assert message.startswith("error: Could not write the checkpoint of step 60"), message
+  assert f"no space left on the filesystem of {workdir}/checkpoints" in message
+  assert f"last complete checkpoint is {workdir}/checkpoints/40 (step 40)" in message
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40"]
+  # Nothing is lost: with room, the same command resumes from step 40.
+  subprocess.run(["mount", "-o", "remount,size=40m", str(tiny_filesystem)], check=True)
+  result = run(100)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Resumed from {workdir} at step 40" in result.stderr
 
 
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path, single_device_mesh):

@@ -9,7 +9,7 @@ from conftest import load_config, tiny
 from gen import UsageError, experiment as experiment_lib, losses, sharding
 from gen.models import mlp_gan as mlp
 from gen import families
-from gen.families import gan
+from gen.families import gan, step_key
 
 
 def _softplus(x):
@@ -129,6 +129,32 @@ def test_n_critic_updates_the_discriminator_n_times_on_separate_batches(single_d
   assert experiment.step_batch_size == 24
   count = lambda name: int(optax.tree_utils.tree_get(state.modules[name].opt_state, "count"))
   assert count("discriminator") == 6 and count("generator") == 2
+
+  # One step's discriminator is D updated three times in turn, on rows i, i+3, i+6, ... of the
+  # batch (i = 0, 1, 2) against fakes of the step's noise, written out here.
+  state = experiment.init_state()
+  batch = experiment.read_batch(np.arange(24))
+  stepped, _ = experiment.jit(experiment.family.make_train_step(
+      experiment.models, experiment.optimizers, config))(state, batch, step_key(state))
+  _, d_update, _ = gan.make_discriminator(experiment.models["discriminator"],
+                                          experiment.optimizers["discriminator"], config)
+
+  def discriminator_after(sub_batches):
+    d, g = state.modules["discriminator"], state.modules["generator"]
+    keys = jax.random.split(step_key(state), 4)
+    for i, real in enumerate(sub_batches):
+      z_key, _, d_key = jax.random.split(keys[i], 3)
+      z = jax.random.normal(z_key, (8, config.model.latent_dim))
+      fake = experiment.models["generator"].apply(g.variables(), z, None, train=True)
+      d, _ = d_update(state.step, d, real, None, fake, None, d_key)
+    return d.params
+
+  expected = experiment.jit(discriminator_after)([batch["x"][i::3] for i in range(3)])
+  once_thrice = experiment.jit(discriminator_after)([batch["x"][0::3]] * 3)
+  close = lambda a, b: all(np.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(
+      jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert close(stepped.modules["discriminator"].params, expected)
+  assert not close(stepped.modules["discriminator"].params, once_thrice)
 
 
 def test_lazy_r1_is_applied_every_k_steps(single_device_mesh):

@@ -81,12 +81,25 @@ def test_discriminator_projection_depends_on_labels():
 
 
 def test_discriminator_acgan_class_logits():
+  """The ACGAN head: logits and class logits are two linear maps of the same features, the
+  sum over positions of the last block's ReLU (the labels do not enter)."""
   model = resnet.Discriminator(width=16, num_classes=10, conditioning="acgan")
   x = _images()
   variables = model.init(jax.random.key(0), x, jnp.array([1, 2]), train=False)
-  logits, class_logits = model.apply(variables, x, jnp.array([1, 2]), train=False)
+  (logits, class_logits), captured = model.apply(variables, x, jnp.array([1, 2]), train=False,
+                                                 capture_intermediates=True)
   assert logits.shape == (B,) and logits.dtype == jnp.float32
   assert class_logits.shape == (B, 10) and class_logits.dtype == jnp.float32
+  last_block = np.asarray(captured["intermediates"]["DBlock_2"]["__call__"][0], np.float64)
+  features = np.maximum(last_block, 0).sum(axis=(1, 2))
+  head = jax.tree.map(np.asarray, variables["params"]["DiscriminatorHead_0"])
+  np.testing.assert_allclose(logits, features @ head["Dense_0"]["kernel"][:, 0]
+                             + head["Dense_0"]["bias"][0], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(class_logits, features @ head["Dense_1"]["kernel"]
+                             + head["Dense_1"]["bias"], rtol=1e-4, atol=1e-4)
+  # The class logits are the same for other labels: ACGAN classifies, it is not conditioned.
+  _, other = model.apply(variables, x, jnp.array([7, 7]), train=False)
+  np.testing.assert_array_equal(other, class_logits)
 
 
 # Parameter counts from the architecture (Table 4), layer by layer: with biases, except the
