@@ -61,7 +61,7 @@ def _reference_features(workdir, dataset, images, extract, extractor: str) -> di
   return features
 
 
-def _features(predict, images, batch_size: int, mesh) -> dict:
+def features(predict, images, batch_size: int, mesh) -> dict:
   """{"probabilities", "features"} of images, in fixed-size batches split over the devices."""
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
   outputs = []
@@ -75,7 +75,7 @@ def _features(predict, images, batch_size: int, mesh) -> dict:
           "features": np.concatenate([f for _, f in outputs]).astype(np.float64)}
 
 
-def _feature_metrics(reference: dict, fake: dict) -> dict:
+def feature_metrics(reference: dict, fake: dict) -> dict:
   """Fréchet distance, KID, precision/recall, density/coverage and the (classifier) score."""
   score, _ = metrics.inception_score(fake["probabilities"])
   kid, _ = metrics.kernel_inception_distance(reference["features"], fake["features"])
@@ -106,23 +106,23 @@ def _modes(context):
 def _feature_group(context, predict, extractor: str, batch_size: int, rename,
                    label_accuracy: bool = False):
   experiment, split = context.experiment, context.split
-  extract = lambda images: _features(predict, images, batch_size, experiment.mesh)
+  extract = lambda images: features(predict, images, batch_size, experiment.mesh)
   real = split.read(np.arange(split.num_examples))["x"]
   reference = _reference_features(context.workdir, split, real, extract, extractor)
 
-  def feature_metrics(state):
+  def evaluate_features(state):
     start = time.perf_counter()
     images, requested = context.samples(state)
     fake = extract(images)
     throughput = len(fake["features"]) / (time.perf_counter() - start)
-    results = {rename(k): v for k, v in _feature_metrics(reference, fake).items()}
+    results = {rename(k): v for k, v in feature_metrics(reference, fake).items()}
     if label_accuracy and experiment.num_classes:
       accuracy = np.mean(fake["probabilities"].argmax(-1) == requested)
       results[rename("label_accuracy")] = float(accuracy)
     # Sampling and feature extraction together.
     return {**results, rename("eval_images_per_sec"): throughput}
 
-  return feature_metrics
+  return evaluate_features
 
 
 def _classifier(context):

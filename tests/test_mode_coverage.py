@@ -1,10 +1,12 @@
-"""The VEEGAN/PacGAN mode-coverage protocol, and `gan_ring2d` at its default config covering the ring."""
-import jax
+"""The VEEGAN/PacGAN mode-coverage protocol, and `gan_ring2d` at its default config covering the
+ring as well as its runs recorded by `python -m gen.results` did."""
+import json
+
 import numpy as np
 import pytest
 
-from conftest import load_config
-from gen import data, experiment as experiment_lib, metrics, train
+from conftest import ROOT, load_config
+from gen import data, metrics, train
 
 
 def test_mode_coverage_on_constructed_samples():
@@ -26,14 +28,23 @@ def test_mode_coverage_of_the_data_itself():
   np.testing.assert_allclose(result["high_quality"], 100 * (1 - np.exp(-4.5)), atol=0.8)
 
 
-@pytest.mark.optimized  # 10,000 steps.
-def test_gan_ring2d_default_config_captures_all_eight_modes(tmp_path, single_device_mesh):
+def _recorded(name: str, step: int) -> list[dict]:
+  """The evaluations at `step` of `name`'s default runs in docs/results.json, one per seed."""
+  collected = json.loads((ROOT / "docs" / "results.json").read_text())
+  return [run["evals"][str(step)] for run in collected[name][""].values()]
+
+
+@pytest.mark.optimized  # 5,000 steps.
+def test_gan_ring2d_default_config_covers_the_ring_as_its_recorded_runs(tmp_path,
+                                                                       single_device_mesh):
+  """Half of gan_ring2d's default run (its evaluation at step 5,000): every mode its recorded
+  runs captured, and a share of high-quality samples within 10 points of their lowest (the
+  share swings from seed to seed of a GAN without EMA)."""
+  recorded = _recorded("gan_ring2d", 5000)
   config = load_config("gan_ring2d")
-  state = train.train(config, str(tmp_path), single_device_mesh)
-  experiment = experiment_lib.build(config, single_device_mesh)
-  samples = experiment.sampler()(state, 2500, jax.random.key(1))
-  result = metrics.mixture_mode_coverage(samples, data.ring_means(), 0.02)
-  # The share of high-quality samples swings from step to step of a GAN without EMA (45-95%
-  # at step 10k, depending on float rounding); capturing every mode is what this run must do.
-  assert result["modes"] == 8, result
-  assert result["high_quality"] > 25.0, result
+  config.num_steps = 5000
+  train.train(config, str(tmp_path), single_device_mesh)
+  result = json.loads((tmp_path / "eval" / "5000.json").read_text())
+  assert result["modes"] >= min(r["modes"] for r in recorded), (result, recorded)
+  assert result["high_quality"] >= min(r["high_quality"] for r in recorded) - 10.0, (result,
+                                                                                     recorded)

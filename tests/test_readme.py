@@ -112,13 +112,23 @@ def test_every_experiment_the_readme_runs_exists():
   # Those run without arguments are each built and trained by tests/test_experiments.py.
   for command in launch_commands():
     args = command.split()[1:]
-    if args[0] != "test":
+    if args[0] not in ("test", "results", "lock"):
       name = args[1] if args[0] == "bench" else args[0]
       assert (ROOT / "experiments" / f"{name}.py").is_file(), command
 
 
 WITH_ARGUMENTS = [c for c in launch_commands()
-                  if not c.startswith("./launch.sh test") and len(c.split()) > 2]
+                  if not c.startswith(("./launch.sh test", "./launch.sh results",
+                                       "./launch.sh lock"))
+                  and len(c.split()) > 2]
+
+
+@pytest.mark.parametrize("command", [c for c in launch_commands()
+                                     if c.startswith("./launch.sh results")])
+def test_readme_results_command_parses(command):
+  result = subprocess.run([sys.executable, "-m", "gen.results", *command.split()[2:], "--helpshort"],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, (command, result.stderr[-2000:])
 
 
 @pytest.mark.parametrize("command", WITH_ARGUMENTS)

@@ -1,0 +1,263 @@
+"""The README's results, regenerated: every offline experiment at its default config, collected.
+
+  python -m gen.results                                  # all offline experiments, 3 seeds each
+  python -m gen.results --experiments=gan_ring2d,vae_digits --seeds=1
+  python -m gen.results --experiments=dcgan_digits --set=gan.ema_decay=0.999 --tag=ema
+
+Each run trains in `<workdir>/<experiment>[/<tag>]/seed_<s>/` (an existing finished run is
+not trained again) with `config.seed = s`, and its evaluations (every `eval_every` steps, and
+the best) go into `docs/results.json`, keyed by experiment, tag and seed, with the commit, the
+CPU and the wall time that produced them. Runs without a tag are the defaults: from them, the
+README's results table (between `<!-- results:begin -->` and `<!-- results:end -->`) and the
+experiments table's "measured" column are rewritten, with the median and range over seeds.
+Runs with a tag (config overrides given with --set) are a sweep: they are printed as a table
+and kept in the JSON, and never change the README. The digits classifier's own floor, the
+real training split scored against the test split in the same features, is computed too.
+"""
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+from gen import cli
+
+_EXPERIMENTS = flags.DEFINE_list("experiments", None, "Experiments to run (default: every "
+                                 "offline one: those whose data needs no download).")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per experiment: 0, 1, ..., N-1.")
+_SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config overrides (a sweep; needs --tag).")
+_TAG = flags.DEFINE_string("tag", "", "The name of a sweep's runs (with --set).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/results", "Where the runs train.")
+_JSON = flags.DEFINE_string("json", "docs/results.json", "The collected results.")
+_README = flags.DEFINE_string("readme", "README.md", "The README to rewrite ('' for none).")
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+# For context beside gen's own numbers: what the papers report on the same benchmarks.
+PUBLISHED = {
+    "gan_ring2d": "VEEGAN 8 / 52.9%, GDPP 8 / 71.7%, PacGAN2 7.9 / 95.6%",
+    "gan_grid2d": "VEEGAN 24.6 / 40%, GDPP 24.8 / 68.5%, PacGAN4 24.8 / 93.6%",
+}
+
+
+def offline_experiments() -> list[str]:
+  """The experiments whose data is one of gen's own offline datasets (no download)."""
+  from gen import data
+  return [name for name in cli.experiments(cli.experiments_dir())
+          if cli.load_config(name).dataset.name in data.DATASETS]
+
+
+def cpu() -> str:
+  """The CPU model and its widest vector extension, e.g. "AMD EPYC (AVX2), 2 cores"."""
+  model, flags_ = platform.processor() or platform.machine(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+          model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+          flags_ = set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  vector = "AVX-512" if "avx512f" in flags_ else "AVX2" if "avx2" in flags_ else "no AVX2"
+  return f"{model} ({vector}), {os.cpu_count()} cores"
+
+
+def commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True, cwd=os.path.dirname(__file__)).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _override(config, assignment: str) -> None:
+  """Sets KEY=VALUE (dotted key; the value parsed as a Python literal where it is one)."""
+  import ast
+  key, _, text = assignment.partition("=")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  node = config
+  *parents, leaf = key.split(".")
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], float) else value
+
+
+def run(name: str, seed: int, workdir: str, overrides=(), previous: dict | None = None) -> dict:
+  """Trains `name` with `seed` (and overrides) into `workdir`, from start to finish (a run
+  finished there already is not trained again: `previous` is its record); returns its
+  evaluations and what produced them."""
+  from gen import report, train
+  config = cli.load_config(name)
+  config.seed = seed
+  for assignment in overrides:
+    _override(config, assignment)
+  if previous and os.path.exists(os.path.join(workdir, "checkpoints", str(config.num_steps))):
+    return previous
+  start = time.perf_counter()
+  train.train(config, workdir)
+  seconds = time.perf_counter() - start
+  best_path = os.path.join(workdir, "eval", "best.json")
+  best = None
+  if os.path.exists(best_path):
+    with open(best_path) as f:
+      best = json.load(f)
+  return {"seed": seed, "num_steps": config.num_steps, "best": best, "wall_seconds": seconds,
+          "evals": {str(k): v for k, v in report.read_evals(workdir).items()},
+          "commit": commit(), "cpu": cpu(), "date": datetime.date.today().isoformat(),
+          "overrides": list(overrides)}
+
+
+def digits_floor() -> dict:
+  """gen's digits classifier features: the real training split scored against the test split
+  as samples are (Fréchet distance, precision, recall, ...): what no model can beat."""
+  import jax
+  import numpy as np
+  from gen import classifiers, data, evaluate, sharding
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  predict = classifiers.make_predict(classifiers.load_or_train("digits"), 10)
+  features = lambda split: evaluate.features(
+      predict, split.read(np.arange(split.num_examples))["x"], 500, mesh)
+  return {k: float(v) for k, v in evaluate.feature_metrics(features(data.digits("test")),
+                                                           features(data.digits("train"))).items()}
+
+
+# --- Formatting ---
+
+def _stat(values, digits: int = 1, percent: bool = False) -> str:
+  """"median" or "median (min-max)" over seeds."""
+  fmt = lambda v: f"{v:.{digits}f}"
+  median = statistics.median(values)
+  text = fmt(median)
+  if len(values) > 1:
+    text += f" ({fmt(min(values))}-{fmt(max(values))})"
+  return text + ("%" if percent else "")
+
+
+def headline(results: list[dict], step: str | None = None) -> str:
+  """The main numbers of an experiment's runs at `step` (default: the last evaluation)."""
+  evals = [r["evals"][step or max(r["evals"], key=int)] for r in results if r["evals"]]
+  if not evals:
+    return "no evaluation"
+  have = lambda key: all(key in e for e in evals)
+  values = lambda key: [e[key] for e in evals]
+  parts = []
+  if have("modes"):
+    parts.append(f"{_stat(values('modes'))} modes, {_stat(values('high_quality'), 1, True)} high "
+                 f"quality")
+  if have("label_accuracy"):
+    parts.append(f"{_stat([100 * v for v in values('label_accuracy')], 1, True)} of samples are "
+                 f"the requested digit")
+  if have("fd"):
+    parts.append(f"classifier FD {_stat(values('fd'))}, precision {_stat(values('precision'), 2)}"
+                 f", recall {_stat(values('recall'), 2)}")
+  if have("nll_iwae"):
+    parts.append(f"test NLL {_stat(values('nll_iwae'), 2)} nats "
+                 f"({_stat(values('bits_per_dim'), 3)} bits/dim)")
+  if have("ssim"):
+    parts.append(f"reconstruction PSNR {_stat(values('psnr'))} dB, SSIM {_stat(values('ssim'), 3)}")
+  return "; ".join(parts)
+
+
+def _best(results: list[dict]) -> str:
+  bests = [r["best"] for r in results if r.get("best")]
+  if not bests:
+    return ""
+  metric = bests[0]["metric"]
+  steps = sorted({b["step"] for b in bests})
+  return (f"best {metric} {_stat([b['value'] for b in bests], 2 if metric != 'fd' else 1)} "
+          f"(at step {', '.join(f'{s:,}' for s in steps)})")
+
+
+def _seconds(results) -> str:
+  return f"{statistics.median(r['wall_seconds'] for r in results) / 60:.1f} min"
+
+
+def table(collected: dict, floor: dict | None) -> str:
+  """The README's results section: one row per experiment, the medians and ranges."""
+  rows = ["| experiment | steps | seeds | result at the last step, median (range) | best "
+          "checkpoint | wall time per run | published, for context |",
+          "| --- | ---: | ---: | --- | --- | ---: | --- |"]
+  commits, cpus = set(), set()
+  for name, runs in sorted(collected.items()):
+    results = sorted(runs.get("", {}).values(), key=lambda r: r["seed"])
+    if not results:
+      continue
+    commits.update(r["commit"] for r in results)
+    cpus.update(r["cpu"] for r in results)
+    rows.append(f"| `{name}` | {results[0]['num_steps']:,} | {len(results)} | {headline(results)} | "
+                f"{_best(results)} | {_seconds(results)} | {PUBLISHED.get(name, '')} |")
+  lines = [f"Generated by `python -m gen.results` (commit {', '.join(sorted(commits))}; "
+           f"{'; '.join(sorted(cpus))}). Medians over the seeds 0, 1, 2, ... with the range in "
+           f"brackets; every number is in `docs/results.json` with the run it came from.", "",
+           *rows]
+  if floor:
+    lines += ["", f"The floor of the digits classifier's features, the real training split (1,438 "
+              f"images) scored as samples against the test split: FD {floor['fd']:.1f}, "
+              f"precision {floor['precision']:.2f}, recall {floor['recall']:.2f}, coverage "
+              f"{floor['coverage']:.2f}, classifier score {floor['score']:.2f}."]
+  return "\n".join(lines)
+
+
+def rewrite_readme(path: str, collected: dict, floor: dict | None) -> None:
+  """Rewrites the results section and the experiments table's measured column of `path`."""
+  with open(path) as f:
+    text = f.read()
+  if BEGIN not in text or END not in text:
+    raise ValueError(f"{path} has no {BEGIN} ... {END} section to rewrite.")
+  start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+  text = text[:start] + "\n" + table(collected, floor) + "\n" + text[end:]
+  for name, runs in collected.items():
+    results = list(runs.get("", {}).values())
+    if not results:
+      continue
+    cell = f"{headline(results)} ({results[0]['num_steps']:,} steps, {len(results)} seeds)"
+    text = re.sub(rf"^(\| `\./launch\.sh {re.escape(name)}` \|.*\|) [^|]* \|$",
+                  lambda m: f"{m.group(1)} {cell} |", text, flags=re.M)
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _SET.value and not _TAG.value:
+    raise app.UsageError("--set makes a sweep: name it with --tag.")
+  cli.quiet_library_logs()
+  cli.set_xla_defaults()
+  cli.enable_compilation_cache()
+  collected = {}
+  if os.path.exists(_JSON.value):
+    with open(_JSON.value) as f:
+      collected = json.load(f)
+  names = _EXPERIMENTS.value or offline_experiments()
+  for name in names:
+    for seed in range(_SEEDS.value):
+      workdir = os.path.join(_WORKDIR.value, name, *([_TAG.value] if _TAG.value else []),
+                             f"seed_{seed}")
+      logging.info("%s, seed %d: %s", name, seed, workdir)
+      previous = collected.get(name, {}).get(_TAG.value, {}).get(str(seed))
+      result = run(name, seed, workdir, _SET.value, previous)
+      collected.setdefault(name, {}).setdefault(_TAG.value, {})[str(seed)] = result
+      os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
+      with open(_JSON.value, "w") as f:
+        json.dump(collected, f, indent=1, sort_keys=True)
+    runs = list(collected[name][_TAG.value].values())
+    print(f"{name}{' [' + _TAG.value + ']' if _TAG.value else ''}: {headline(runs)}; {_best(runs)}; "
+          f"{_seconds(runs)} a run", flush=True)
+  if _README.value and not _TAG.value:
+    floor = digits_floor() if any(cli.load_config(n).dataset.name == "digits" for n in collected) else None
+    rewrite_readme(_README.value, collected, floor)
+    print(f"Rewrote the results in {_README.value}.")
+
+
+if __name__ == "__main__":
+  app.run(main)
