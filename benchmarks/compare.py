@@ -2,20 +2,25 @@
 
   python benchmarks/compare.py [--experiments=dcgan_mnist,vae_mnist] [--batch_size=128]
                                [--steps=30] [--repeats=3] [--output=benchmarks/results.md]
-                               [--torch_channels_last]
+                               [--readme=README.md] [--torch_channels_last]
 
 Each repeat runs `python -m gen.bench` and then benchmarks/torch_reference.py for every
-experiment, each in a fresh process; the table reports the medians over repeats.
-Alternating the two spreads any drift in the machine's load over both.
+experiment, each in a fresh process; the table reports the medians over repeats and the range.
+Alternating the two spreads any drift in the machine's load over both. The table is one block
+of benchmarks/results.md, headed by the CPU it ran on (model, vector extensions, cores) and the
+library versions: a run on another kind of CPU adds its own block, a run on the same kind
+replaces it; with --readme, the README's Performance blocks (between `<!-- performance:begin
+-->` and `<!-- performance:end -->`) are rewritten from results.md.
 """
 import argparse
 import json
 import os
 import pathlib
-import platform
+import re
 import statistics
 import subprocess
 import sys
+from importlib import metadata
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -53,14 +58,39 @@ def _format_mfu(mfu) -> str:
   return "n/a" if mfu is None else f"{100 * float(mfu):.1f}%"
 
 
+def _range(values, fmt="{:.0f}") -> str:
+  """"median (min-max)"."""
+  median, low, high = (fmt.format(v) for v in (statistics.median(values), min(values), max(values)))
+  return f"{median} ({low}-{high})"
+
+
 def table(rows: list[dict]) -> str:
   lines = ["| experiment | batch | gen img/s | PyTorch img/s | gen / PyTorch | gen MFU |",
            "| --- | ---: | ---: | ---: | ---: | ---: |"]
   for row in rows:
-    lines.append(f"| {row['experiment']} | {row['batch_size']} | {row['gen']:.0f} "
-                 f"| {row['torch']:.0f} | {row['gen'] / row['torch']:.2f}x "
+    ratios = [g / t for g, t in zip(row["gen"], row["torch"])]
+    lines.append(f"| {row['experiment']} | {row['batch_size']} | {_range(row['gen'])} "
+                 f"| {_range(row['torch'])} | {_range(ratios, '{:.2f}x')} "
                  f"| {_format_mfu(row['mfu'])} |")
   return "\n".join(lines)
+
+
+BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
+
+
+def merge_block(path: pathlib.Path, heading: str, block: str) -> str:
+  """results.md with `block` under `### heading`, replacing that heading's block if present."""
+  text = path.read_text() if path.exists() else ""
+  blocks = re.split(r"(?m)^(?=### )", text)
+  kept = [b for b in blocks if b.strip() and not b.startswith(f"### {heading}\n")]
+  kept.append(f"### {heading}\n\n{block.strip()}\n")
+  return "\n".join(b.strip() + "\n" for b in kept)
+
+
+def rewrite_readme(readme: pathlib.Path, results: str) -> None:
+  text = readme.read_text()
+  start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+  readme.write_text(text[:start] + "\n" + results.strip() + "\n" + text[end:])
 
 
 def main(argv=None):
@@ -71,6 +101,7 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
   parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each side")
   parser.add_argument("--output", default=str(HERE / "results.md"))
+  parser.add_argument("--readme", default="", help="also rewrite this README's Performance blocks")
   parser.add_argument("--torch_channels_last", action="store_true",
                       help="run the PyTorch references in NHWC memory format, like gen")
   args = parser.parse_args(argv)
@@ -83,6 +114,7 @@ def main(argv=None):
   env.setdefault("JAX_PLATFORMS", "cpu")
   flags = [f"--batch_size={args.batch_size}", f"--steps={args.steps}", "--json"]
   torch_flags = flags + (["--channels_last"] if args.torch_channels_last else [])
+  flags.append("--nolaunches")
   runs = {(e, side): [] for e in experiments for side in ("gen", "torch")}
   for repeat in range(args.repeats):
     for experiment in experiments:
@@ -95,22 +127,28 @@ def main(argv=None):
             f"PyTorch {runs[experiment, 'torch'][-1]['images_per_sec']:.0f} img/s",
             file=sys.stderr, flush=True)
 
-  median = lambda results, key: statistics.median(r[key] for r in results)
   rows = []
   for experiment in experiments:
     gen_runs = runs[experiment, "gen"]
     mfus = [r["mfu"] for r in gen_runs if r.get("mfu") is not None]
     rows.append({"experiment": experiment, "batch_size": args.batch_size,
-                 "gen": median(gen_runs, "images_per_sec"),
-                 "torch": median(runs[experiment, "torch"], "images_per_sec"),
+                 "gen": [r["images_per_sec"] for r in gen_runs],
+                 "torch": [r["images_per_sec"] for r in runs[experiment, "torch"]],
                  "mfu": statistics.median(mfus) if mfus else None})
-  torch_version = runs[experiments[0], "torch"][0].get("torch", "?")
-  report = (f"Train-step throughput on {os.cpu_count()} CPU cores ({platform.machine()}), "
-            f"medians of {args.repeats} alternating runs of {args.steps} steps each; "
-            f"PyTorch {torch_version} eager ({'NHWC' if args.torch_channels_last else 'NCHW'}) "
-            f"with synthetic data.\n\n{table(rows)}\n")
+  from gen import bench
+  versions = ", ".join(f"{name} {metadata.version(name)}"
+                       for name in ("jax", "jaxlib", "flax", "torch"))
+  report = (f"Train-step throughput, medians (and ranges) of {args.repeats} alternating runs of "
+            f"{args.steps} steps each; PyTorch eager "
+            f"({'NHWC' if args.torch_channels_last else 'NCHW'}); {versions}; "
+            f"`{' '.join(['python', 'benchmarks/compare.py', *(argv or sys.argv[1:])])}`."
+            f"\n\n{table(rows)}\n")
   print(report)
-  pathlib.Path(args.output).write_text(report)
+  output = pathlib.Path(args.output)
+  merged = merge_block(output, bench.describe_cpu(), report)
+  output.write_text(merged)
+  if args.readme:
+    rewrite_readme(pathlib.Path(args.readme), merged)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before timing.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 _PROFILE = flags.DEFINE_integer("profile", 0, "Instead: print the N most expensive XLA operations "
                                 "of the step, traced with jax.profiler, with the layers they come from.")
+_LAUNCHES = flags.DEFINE_bool("launches", True, "Also time a first and a second launch (two more "
+                              "processes); --nolaunches for the step alone.")
 _FIRST_STEP = flags.DEFINE_bool("first_step", False, "Instead: build, compile and run one step, "
                                 "then print the persistent cache's hits (what a launch measures).")
 
@@ -46,6 +48,35 @@ VENDOR_PEAKS = {
     ("TPU v5", "bfloat16"): 459e12, ("TPU v5", "float32"): 459e12,
     ("TPU v6 lite", "bfloat16"): 918e12, ("TPU v6 lite", "float32"): 918e12,
 }
+
+
+def cpu() -> dict:
+  """The CPU this runs on: {"model", "vector" (its widest vector and matrix extensions, e.g.
+  "AVX-512 (BF16, VNNI)"), "cores"}, read from /proc/cpuinfo where there is one."""
+  import platform
+  model, features = platform.processor() or platform.machine(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model in (platform.machine(), platform.processor()):
+          model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+          features = set(value.split())
+  except OSError:
+    pass
+  extras = [name for flag, name in (("avx512_bf16", "BF16"), ("avx512_vnni", "VNNI"),
+                                    ("amx_tile", "AMX")) if flag in features]
+  vector = ("AVX-512" if "avx512f" in features else "AVX2" if "avx2" in features else
+            "NEON" if "asimd" in features else "no AVX2")
+  return {"model": model, "vector": vector + (f" ({', '.join(extras)})" if extras else ""),
+          "cores": os.cpu_count()}
+
+
+def describe_cpu() -> str:
+  """E.g. "AMD EPYC, AVX2, 2 cores"."""
+  info = cpu()
+  return f"{info['model']}, {info['vector']}, {info['cores']} cores"
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -199,6 +230,7 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   return {
       "experiment_batch_size": batch_size,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "cpu": describe_cpu(),
       f"{unit}_per_sec": batch_size * per_example / step_s,
       "step_ms": 1e3 * step_s,
       "compile_s": compile_s,
@@ -310,7 +342,8 @@ def main(argv):
   # The arguments that give this config, for the two launches it times.
   launch_args = [arg for arg in sys.argv[1:] if not arg.startswith(("--json", "--steps",
                                                                      "--warmup", "--profile"))]
-  result = benchmark(config, _STEPS.value, _WARMUP.value, launch_args)
+  result = benchmark(config, _STEPS.value, _WARMUP.value,
+                     launch_args if _LAUNCHES.value else None)
   if _JSON.value:
     print(json.dumps(result))
   else:

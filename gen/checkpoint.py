@@ -152,7 +152,8 @@ class Checkpointer:
   def _write_error(self, step: int, error: Exception) -> str:
     if is_out_of_space(error):
       return self._message(step, None, None)
-    return self._message(step, None, f"{type(error).__name__}: {' '.join(str(error).split())[:300]}")
+    text = " ".join(str(error).split())[:300]
+    return self._message(step, None, f"{type(error).__name__}: {text}")
 
   def _message(self, step: int | None, needed: str | None, reason: str | None) -> str:
     """What could not be written, why, and the last complete checkpoint to resume from."""

@@ -144,8 +144,9 @@ def _inception(context):
     # The Inception score of Improved-GAN/TTUR takes the softmax of pool3 @ W, no bias.
     return jax.nn.softmax(outputs["logits_unbiased"]), outputs["pool3"]
 
+  names = {"fd": "fid", "score": "inception_score"}
   return _feature_group(context, predict, "inception_2015-12-05", 50,
-                        lambda k: {"fd": "fid", "score": "inception_score"}.get(k, f"inception_{k}"))
+                        lambda k: names.get(k, f"inception_{k}"))
 
 
 def _reconstruction(context):

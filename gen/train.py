@@ -197,8 +197,8 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
 
   writer = writers.MetricWriter(workdir, resume_step=start)
   best_metric = config.eval.get("best_metric")
-  best = checkpoint.BestCheckpoint(
-      workdir, best_metric, bool(best_metric) and evaluate.higher_is_better(experiment, best_metric))
+  higher_is_better = bool(best_metric) and evaluate.higher_is_better(experiment, best_metric)
+  best = checkpoint.BestCheckpoint(workdir, best_metric, higher_is_better)
   batches = data.DeviceIterator(experiment.dataset, experiment.step_batch_size, config.seed, mesh,
                                 data_state, spec=experiment.spec)
   progress = tqdm(total=config.num_steps, initial=start, disable=jax.process_index() != 0,
