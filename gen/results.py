@@ -27,14 +27,7 @@ from absl import app, flags, logging
 
 from gen import bench, cli
 
-_EXPERIMENTS = flags.DEFINE_list("experiments", None, "Experiments to run (default: every "
-                                 "offline one: those whose data needs no download).")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per experiment: 0, 1, ..., N-1.")
-_SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config overrides (a sweep; needs --tag).")
-_TAG = flags.DEFINE_string("tag", "", "The name of a sweep's runs (with --set).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/results", "Where the runs train.")
-_JSON = flags.DEFINE_string("json", "docs/results.json", "The collected results.")
-_README = flags.DEFINE_string("readme", "README.md", "The README to rewrite ('' for none).")
+FLAGS = flags.FLAGS
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 # For context beside gen's own numbers: what the papers report on the same benchmarks.
@@ -210,39 +203,53 @@ def rewrite_readme(path: str, collected: dict, floor: dict | None) -> None:
     f.write(text)
 
 
+def define_flags() -> None:
+  """The command's flags, defined only when it runs as a command (so importing gen.results
+  beside gen.main, which has a --workdir of its own, is safe)."""
+  flags.DEFINE_list("experiments", None, "Experiments to run (default: every "
+                                   "offline one: those whose data needs no download).")
+  flags.DEFINE_integer("seeds", 3, "Seeds per experiment: 0, 1, ..., N-1.")
+  flags.DEFINE_multi_string("set", [], "KEY=VALUE config overrides (a sweep; needs --tag).")
+  flags.DEFINE_string("tag", "", "The name of a sweep's runs (with --set).")
+  flags.DEFINE_string("workdir", "runs/results", "Where the runs train.")
+  flags.DEFINE_string("collected", "docs/results.json", "The collected results (JSON).")
+  flags.DEFINE_string("readme", "README.md", "The README to rewrite ('' for none).")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _SET.value and not _TAG.value:
+  if FLAGS.set and not FLAGS.tag:
     raise app.UsageError("--set makes a sweep: name it with --tag.")
   cli.quiet_library_logs()
   cli.set_xla_defaults()
   cli.enable_compilation_cache()
   collected = {}
-  if os.path.exists(_JSON.value):
-    with open(_JSON.value) as f:
+  if os.path.exists(FLAGS.collected):
+    with open(FLAGS.collected) as f:
       collected = json.load(f)
-  names = _EXPERIMENTS.value or offline_experiments()
+  names = FLAGS.experiments or offline_experiments()
   for name in names:
-    for seed in range(_SEEDS.value):
-      workdir = os.path.join(_WORKDIR.value, name, *([_TAG.value] if _TAG.value else []),
+    for seed in range(FLAGS.seeds):
+      workdir = os.path.join(FLAGS.workdir, name, *([FLAGS.tag] if FLAGS.tag else []),
                              f"seed_{seed}")
       logging.info("%s, seed %d: %s", name, seed, workdir)
-      previous = collected.get(name, {}).get(_TAG.value, {}).get(str(seed))
-      result = run(name, seed, workdir, _SET.value, previous)
-      collected.setdefault(name, {}).setdefault(_TAG.value, {})[str(seed)] = result
-      os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-      with open(_JSON.value, "w") as f:
+      previous = collected.get(name, {}).get(FLAGS.tag, {}).get(str(seed))
+      result = run(name, seed, workdir, FLAGS.set, previous)
+      collected.setdefault(name, {}).setdefault(FLAGS.tag, {})[str(seed)] = result
+      os.makedirs(os.path.dirname(os.path.abspath(FLAGS.collected)), exist_ok=True)
+      with open(FLAGS.collected, "w") as f:
         json.dump(collected, f, indent=1, sort_keys=True)
-    runs = list(collected[name][_TAG.value].values())
-    tag = f" [{_TAG.value}]" if _TAG.value else ""
+    runs = list(collected[name][FLAGS.tag].values())
+    tag = f" [{FLAGS.tag}]" if FLAGS.tag else ""
     print(f"{name}{tag}: {headline(runs)}; {_best(runs)}; {_seconds(runs)} a run", flush=True)
-  if _README.value and not _TAG.value:
+  if FLAGS.readme and not FLAGS.tag:
     on_digits = any(cli.load_config(n).dataset.name == "digits" for n in collected)
     floor = digits_floor() if on_digits else None
-    rewrite_readme(_README.value, collected, floor)
-    print(f"Rewrote the results in {_README.value}.")
+    rewrite_readme(FLAGS.readme, collected, floor)
+    print(f"Rewrote the results in {FLAGS.readme}.")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -281,24 +281,24 @@ def tiny_filesystem(tmp_path):
 
 def test_a_full_disk_names_the_checkpoint_and_the_last_complete_one(tiny_filesystem):
   workdir = tiny_filesystem / "run"
-  args = ["--config=experiments/dcgan_digits.py", "--config.checkpoint_every=20",
-          "--config.log_every=20", "--config.sample_every=1000000", "--config.eval_every=1000000",
+  args = ["--config=experiments/dcgan_digits.py", "--config.checkpoint_every=2",
+          "--config.log_every=2", "--config.sample_every=1000000", "--config.eval_every=1000000",
           f"--workdir={workdir}"]
   run = lambda steps: subprocess.run(
       [sys.executable, "-m", "gen.main", *args, f"--config.num_steps={steps}"], cwd=ROOT,
       env=cli_env(), capture_output=True, text=True, timeout=300)
-  result = run(100)
+  result = run(8)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
   message = result.stderr.strip().splitlines()[-1]
-  assert message.startswith("error: Could not write the checkpoint of step 60"), message
+  assert message.startswith("error: Could not write the checkpoint of step 6"), message
   assert f"no space left on the filesystem of {workdir}/checkpoints" in message
-  assert f"last complete checkpoint is {workdir}/checkpoints/40 (step 40)" in message
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40"]
-  # Nothing is lost: with room, the same command resumes from step 40.
+  assert f"last complete checkpoint is {workdir}/checkpoints/4 (step 4)" in message
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+  # Nothing is lost: with room, the same command resumes from step 4.
   subprocess.run(["mount", "-o", "remount,size=40m", str(tiny_filesystem)], check=True)
-  result = run(100)
+  result = run(8)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"Resumed from {workdir} at step 40" in result.stderr
+  assert f"Resumed from {workdir} at step 4" in result.stderr
 
 
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path, single_device_mesh):

@@ -9,7 +9,8 @@ from gen import report, results
 
 
 def _run(seed, evals, best=None, steps=10_000):
-  return {"seed": seed, "num_steps": steps, "evals": evals, "best": best, "wall_seconds": 60.0 + seed,
+  return {"seed": seed, "num_steps": steps, "evals": evals, "best": best,
+          "wall_seconds": 60.0 + seed,
           "commit": "abc1234", "cpu": "Some CPU (AVX2), 2 cores", "date": "2026-12-01",
           "overrides": []}
 
@@ -60,7 +61,8 @@ def test_a_run_is_trained_collected_and_not_trained_again(tmp_path):
   command = [sys.executable, "-m", "gen.results", "--experiments=gan_ring2d", "--seeds=2",
              "--tag=tiny", "--set=num_steps=4", "--set=eval_every=2", "--set=log_every=2",
              "--set=eval.num_samples=100", "--set=model.hidden=(16,16)", "--set=batch_size=16",
-             f"--workdir={tmp_path / 'runs'}", f"--json={tmp_path / 'results.json'}", "--readme="]
+             f"--workdir={tmp_path / 'runs'}", f"--collected={tmp_path / 'results.json'}",
+             "--readme="]
   first = subprocess.run(command, cwd=ROOT, env=cli_env(), capture_output=True, text=True,
                          timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
