@@ -18,6 +18,7 @@ def get_config():
   config.keep_checkpoints = 3
   config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
   config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
+  config.steps_per_call = 0  # Train steps per compiled call; 0: 1 on CPUs, 10 on GPUs/TPUs.
 
   config.dataset = ml_collections.ConfigDict({"name": "digits", "split": "train"})
   config.model = ml_collections.ConfigDict({

@@ -179,13 +179,16 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   experiment = experiment_lib.build(config)
   state = experiment.init_state()
+  per_call = experiment.steps_per_call
   start = time.perf_counter()
-  step = experiment.compile_train_step(state)
+  step = experiment.compile_train_step(state, per_call)
   compile_s = time.perf_counter() - start
 
-  flops_per_step = experiment_lib.flops_per_step(step)
+  flops_per_step = experiment_lib.flops_per_step(step) / per_call
 
   batch = device_batch(experiment)
+  if per_call > 1:
+    batch = experiment.stack_batches([batch] * per_call)
   for _ in range(warmup):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -195,7 +198,7 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - begin)
-  step_s = statistics.median(times)
+  step_s = statistics.median(times) / per_call
   batch_size = experiment.step_batch_size  # Examples a step consumes (n_critic batches for GANs).
   unit, per_example = experiment.family.throughput_unit(config)
 
@@ -209,11 +212,13 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   input_s = (time.perf_counter() - begin) / steps
 
   # The loop: steps fed by the pipeline, synchronising only at the end, as train() does.
+  feed = lambda: next(batches) if per_call == 1 else experiment.stack_batches(
+      [next(batches) for _ in range(per_call)])
   begin = time.perf_counter()
   for _ in range(steps):
-    state, metrics = step(state, next(batches))
+    state, metrics = step(state, feed())
   jax.block_until_ready(metrics)
-  loop_s = (time.perf_counter() - begin) / steps
+  loop_s = (time.perf_counter() - begin) / steps / per_call
   batches.close()
 
   sampling = {}

@@ -62,6 +62,16 @@ class Experiment:
     return families.num_classes(self.config)
 
   @property
+  def steps_per_call(self) -> int:
+    """Train steps in one compiled call: `config.steps_per_call`, or where it is 0 (or not
+    set), 1 on CPUs and 10 on GPUs and TPUs, whose steps are short enough that dispatching
+    each from Python would leave the device idle."""
+    steps = self.config.get("steps_per_call", 0)
+    if steps:
+      return steps
+    return 1 if self.mesh.devices.flat[0].platform == "cpu" else 10
+
+  @property
   def step_batch_size(self) -> int:
     """Examples one train step consumes: the batch, times the family's examples_per_step."""
     return self.config.batch_size * self.family.examples_per_step(self.config)
@@ -85,7 +95,7 @@ class Experiment:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         self._state_shapes, self.state_sharding())
 
-  def compile_train_step(self, state: TrainState):
+  def compile_train_step(self, state: TrainState, steps: int = 1):
     """The train step compiled once for the mesh: `(state, batch) -> (state, metrics)`.
 
     The step's key is derived from the state, the state is donated, and the batch (the
@@ -93,12 +103,17 @@ class Experiment:
     axis. A step whose losses or updated state are not finite keeps the previous state (only
     the step count advances, so the next step draws new noise and data) and reports
     `update_skipped` = 1.
+
+    With `steps` > 1, one call runs that many steps in a `lax.scan`, on `steps` batches
+    stacked on a leading axis (`stack_batches`); its metrics are their means over the steps,
+    but for `update_skipped`, one flag per step.
     """
     train_step = self.family.make_train_step(self.models, self.optimizers, self.config)
     state_sharding = self.state_sharding()
-    replicated, batched = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
-    batch = {name: jax.ShapeDtypeStruct((self.step_batch_size, *field.shape), field.dtype,
-                                        sharding=batched)
+    replicated = sharding.replicated(self.mesh)
+    batched = self._batches_sharding(steps)
+    batch = {name: jax.ShapeDtypeStruct((*([steps] if steps > 1 else []), self.step_batch_size,
+                                         *field.shape), field.dtype, sharding=batched)
              for name, field in self.spec.items()}
 
     def guarded_step(state, batch):
@@ -110,9 +125,29 @@ class Experiment:
       new = new.replace(modules=modules, family_state=family_state)
       return new, {**metrics, "update_skipped": 1.0 - finite.astype(np.float32)}
 
-    return jax.jit(guarded_step, in_shardings=(state_sharding, batched),
+    def guarded_steps(state, batches):
+      state, metrics = jax.lax.scan(guarded_step, state, batches)
+      skipped = metrics.pop("update_skipped")
+      return state, {**jax.tree.map(lambda m: m.mean(axis=0), metrics), "update_skipped": skipped}
+
+    return jax.jit(guarded_step if steps == 1 else guarded_steps,
+                   in_shardings=(state_sharding, batched),
                    out_shardings=(state_sharding, replicated), donate_argnums=0,
                    ).lower(state, batch).compile(compiler_options=self.compiler_options)
+
+  def _batches_sharding(self, steps: int):
+    """Batches split over the `data` axis along their batch axis (behind the steps' axis)."""
+    if steps == 1:
+      return sharding.batch_sharding(self.mesh)
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None,
+                                                                            sharding.DATA_AXIS))
+
+  def stack_batches(self, batches: list):
+    """`steps` batches on the mesh -> one [steps, B, ...] batch for a multi-step call."""
+    if not hasattr(self, "_stack"):
+      self._stack = jax.jit(lambda batches: jax.tree.map(lambda *b: jnp.stack(b), *batches),
+                            out_shardings=self._batches_sharding(2))
+    return self._stack(batches)
 
   def generate_function(self):
     generate = self.functions.get("generate")
@@ -169,6 +204,7 @@ def _check_loop_values(config) -> None:
     checks.at_least(config[key], key, 1)
   checks.at_least(config.keep_checkpoints, "keep_checkpoints", 1)
   checks.at_least(config.get("profile_steps", 0), "profile_steps", 0)
+  checks.at_least(config.get("steps_per_call", 0), "steps_per_call", 0)
 
 
 def build(config, mesh=None) -> Experiment:

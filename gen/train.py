@@ -9,6 +9,7 @@ import threading
 import time
 
 import jax
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
@@ -144,8 +145,12 @@ class _Profile:
       self._tracing = True
 
   def after(self, step: int, state) -> None:
-    if self._tracing and (step + 1 == self._stop):
+    if self._tracing and step + 1 >= self._stop:
       self.close(state)
+
+  def edge(self, step: int) -> bool:
+    """Whether the trace starts after `step` or ends with it (a multi-step call stops there)."""
+    return self._start < self._stop and step in (self._start - 1, self._stop - 1)
 
   def close(self, state=None) -> None:
     if self._tracing:
@@ -182,9 +187,11 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
                if config.eval.metrics and evaluations > 0 else None)
 
   compile_start = time.perf_counter()
-  compiled_step = experiment.compile_train_step(state)
-  step_flops = experiment_lib.flops_per_step(compiled_step)
-  logging.info("Compiled the train step in %.1f s (%.3g FLOP per step).",
+  per_call = experiment.steps_per_call
+  compiled = {per_call: experiment.compile_train_step(state, per_call)}
+  step_flops = experiment_lib.flops_per_step(compiled[per_call]) / per_call
+  logging.info("Compiled the train step%s in %.1f s (%.3g FLOP per step).",
+               f" ({per_call} steps a call)" if per_call > 1 else "",
                time.perf_counter() - compile_start, step_flops)
 
   family = experiment.family
@@ -207,15 +214,30 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
   profile = _Profile(workdir, start + 1, config.get("profile_steps", 0))
   # Throughput counts the steps' time only: samples, checkpoints and evaluations are not steps.
   window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
+  def outputs_due(step: int) -> bool:
+    """Whether the loop has something to do after `step`: log, sample, save, evaluate, trace."""
+    return (step % config.log_every == 0 or step % config.sample_every == 0
+            or step % config.checkpoint_every == 0 or step == config.num_steps
+            or bool(evaluator) and step % config.eval_every == 0 or profile.edge(step))
+
   try:
-    for step in range(start + 1, config.num_steps + 1):
-      profile.before(step)
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = compiled_step(state, next(batches))
+    step = start
+    while step < config.num_steps:
+      # A call runs steps_per_call steps where no output falls inside them, else one step.
+      calls = per_call if all(not outputs_due(s) for s in range(step + 1, step + per_call)) and (
+          step + per_call <= config.num_steps) else 1
+      if calls not in compiled:
+        compiled[calls] = experiment.compile_train_step(state, calls)
+      profile.before(step + 1)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+        batch = next(batches) if calls == 1 else experiment.stack_batches(
+            [next(batches) for _ in range(calls)])
+        state, metrics = compiled[calls](state, batch)
+      first, step = step + 1, step + calls
       profile.after(step, state)
-      window_steps += 1
-      progress.update(1)
-      nonfinite.check(step, metrics.pop("update_skipped"), checkpointer)  # Of the step before.
+      window_steps += calls
+      progress.update(calls)
+      nonfinite.check(first, metrics.pop("update_skipped"), checkpointer)  # Of the call before.
       if step % config.log_every == 0 or step == config.num_steps:
         metrics = jax.device_get(metrics)  # With the line above, the loop's only host syncs.
         nonfinite.flush(checkpointer)
@@ -279,16 +301,21 @@ class _NonFiniteSteps:
     self.limit, self.total, self.in_a_row = limit, 0, 0
     self._pending = None
 
-  def check(self, step: int, update_skipped, checkpointer) -> None:
+  def check(self, first_step: int, update_skipped, checkpointer) -> None:
+    """Queues the flags of the steps from `first_step` (one, or one per step of a call)."""
     self.flush(checkpointer)
-    self._pending = (step, update_skipped)
+    self._pending = (first_step, update_skipped)
 
   def flush(self, checkpointer) -> None:
-    """Counts the step still pending."""
+    """Counts the steps still pending."""
     if self._pending is None:
       return
-    (step, update_skipped), self._pending = self._pending, None
-    if not float(update_skipped):
+    (first_step, update_skipped), self._pending = self._pending, None
+    for step, skipped in enumerate(np.atleast_1d(np.asarray(update_skipped)), first_step):
+      self._count(step, bool(skipped), checkpointer)
+
+  def _count(self, step: int, skipped: bool, checkpointer) -> None:
+    if not skipped:
       self.in_a_row = 0
       return
     self.total += 1
