@@ -5,7 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gen.models import layers
 from gen.models.layers import Conv, ConvTranspose, Dropout
+
+
+@pytest.fixture(params=["convolution", "matrix product"])
+def lowering(request, monkeypatch):
+  """Each convolution both ways gen computes it: XLA's convolution, and one matrix product of
+  the input's shifted views (what `layers._as_matrix_product` picks for small images)."""
+  everywhere = request.param == "matrix product"
+  monkeypatch.setattr(layers, "MATMUL_MAX_OUT_PIXELS", 1 << 30 if everywhere else 0)
+  monkeypatch.setattr(layers, "MATMUL_MAX_IN_CHANNELS", 1 << 30 if everywhere else 0)
 
 
 def _assert_same_function(reference, ours, x, expected_shape):
@@ -27,7 +37,7 @@ def _assert_same_function(reference, ours, x, expected_shape):
 
 @pytest.mark.parametrize("kernel, stride, size", [(5, 2, 7), (5, 1, 7), (3, 2, 7), (4, 2, 5),
                                                   (3, 1, 6), (1, 2, 3)])
-def test_conv_transpose_matches_flax(kernel, stride, size):
+def test_conv_transpose_matches_flax(kernel, stride, size, lowering):
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
   _assert_same_function(
       nn.ConvTranspose(5, (kernel, kernel), strides=(stride, stride), padding="SAME"),
@@ -39,7 +49,7 @@ def test_conv_transpose_matches_flax(kernel, stride, size):
 @pytest.mark.parametrize("kernel, stride, size, channels", [
     (5, 2, 14, (64, 64)), (5, 2, 7, (64, 64)), (3, 2, 7, (64, 64)), (4, 2, 9, (64, 64)),
     (1, 2, 5, (64, 64)), (3, 3, 10, (64, 64)), (5, 2, 28, (3, 5)), (3, 1, 6, (3, 5))])
-def test_conv_matches_flax(kernel, stride, size, channels):
+def test_conv_matches_flax(kernel, stride, size, channels, lowering):
   cin, cout = channels
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, cin))
   out = lambda n: -(-n // stride)
