@@ -44,7 +44,7 @@ def get_config():
   config.lm = lm.options(snapshot_prompts=("The \"for\" statement", "A list is"))
   config.optimizer = ml_collections.ConfigDict({"gpt": {
       "learning_rate": 2e-3, "min_learning_rate": 2e-4, "warmup_steps": 100,
-      "decay_steps": 0,  # 0: num_steps.
+      "decay_steps": 3000,  # 0: num_steps (which then moves with it).
       "b1": 0.9, "b2": 0.99, "weight_decay": 0.1, "grad_clip": 1.0}})
   # The validation split's loss (every window), bits/char, perplexity; samples' diversity.
   config.eval = ml_collections.ConfigDict({
