@@ -1,10 +1,10 @@
 """Autoregressive decoding with a key/value cache, compiled as one program.
 
 `make_generate(model, ...)` returns `generate(variables, prompts, lengths, key, temperature,
-top_p, row_ids)`: the prompts [B, P] (row b's first `lengths[b]` tokens; the rest is padding)
+top_p, row_ids)`: the prompts [B, P] (left-padded: row b's `lengths[b]` tokens are its last)
 are run through the model in one pass that fills the cache, then a `lax.while_loop` draws one
-token per row per iteration at each row's own position, so prompts of different lengths share
-the batch and every row's tokens are those it would get alone. Rows stop at the end-of-text
+token per row per iteration, so prompts of different lengths share the batch and every row's
+tokens are those it would get alone (gen.models.gpt masks the padding). Rows stop at the end-of-text
 token, where the tokenizer has one (the rest of the row is filled with it), and the loop
 ends when every row has stopped.
 
@@ -60,9 +60,10 @@ def sample_tokens(logits, keys, temperature, top_k: int = 0, top_p=1.0, use_top_
 
 def make_generate(model, max_new_tokens: int, top_k: int = 0, use_top_p: bool = False,
                   eot_id: int | None = None, return_logits: bool = False):
-  """generate(variables, prompts [B, P] int32, lengths [B] int32, key, temperature, top_p,
-  row_ids [B] int32) -> {"tokens": [B, max_new_tokens] int32} (and "logits" [B, max_new_tokens,
-  V], each new token's distribution before filtering, with `return_logits`).
+  """generate(variables, prompts [B, P] int32 (left-padded), lengths [B] int32, key,
+  temperature, top_p, row_ids [B] int32) -> {"tokens": [B, max_new_tokens] int32} (and
+  "logits" [B, max_new_tokens, V], each new token's distribution before filtering, with
+  `return_logits`).
 
   `model` is a gen.models.gpt.GPT; every row's last position, lengths + max_new_tokens - 1,
   must be below its block size (the caller checks). Static: the sizes, top_k, whether top_p
@@ -72,9 +73,10 @@ def make_generate(model, max_new_tokens: int, top_k: int = 0, use_top_p: bool = 
 
   def generate(variables, prompts, lengths, key, temperature, top_p, row_ids):
     batch, prompt_length = prompts.shape
+    offsets = prompt_length - lengths
     cache = model.init_cache(batch, prompt_length + max_new_tokens)
-    logits, cache = model.apply(variables, prompts, cache=cache)
-    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    logits, cache = model.apply(variables, prompts, cache=cache, offsets=offsets)
+    last = logits[:, -1]
     tokens = jnp.zeros((batch, max_new_tokens), jnp.int32)
     kept = (jnp.zeros((batch, max_new_tokens, last.shape[-1]), jnp.float32) if return_logits
             else jnp.zeros((), jnp.float32))
@@ -90,7 +92,8 @@ def make_generate(model, max_new_tokens: int, top_k: int = 0, use_top_p: bool = 
       tokens = tokens.at[:, i].set(token)
       if return_logits:
         kept = kept.at[:, i].set(last)
-      logits, cache = model.apply(variables, token[:, None], cache=cache, positions=lengths + i)
+      logits, cache = model.apply(variables, token[:, None], cache=cache,
+                                  index=prompt_length + i, offsets=offsets)
       return i + 1, logits[:, 0], cache, tokens, done, kept
 
     def cond(carry):

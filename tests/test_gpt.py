@@ -22,11 +22,14 @@ def model_and_params():
 
 
 def _prompts(lengths, seed=1):
+  """Left-padded prompts [B, P] (padding with random tokens too: it must not matter)."""
   rng = np.random.default_rng(seed)
-  prompts = np.zeros((len(lengths), max(lengths)), np.int32)
-  for row, length in enumerate(lengths):
-    prompts[row, :length] = rng.integers(0, VOCAB, length)
+  prompts = rng.integers(0, VOCAB, (len(lengths), max(lengths))).astype(np.int32)
   return prompts, np.asarray(lengths, np.int32)
+
+
+def _prompt(prompts, lengths, row):
+  return prompts[row, prompts.shape[1] - lengths[row]:]
 
 
 def _generate(model, variables, prompts, lengths, new, key=0, temperature=1.0, top_k=0,
@@ -43,7 +46,7 @@ def test_cached_decoding_gives_the_full_forward_pass_logits(model_and_params):
   out = _generate(model, variables, prompts, lengths, new, return_logits=True)
   full_pass = jax.jit(lambda tokens: model.apply(variables, tokens))
   for row, length in enumerate(lengths):
-    sequence = np.concatenate([prompts[row, :length], out["tokens"][row]])
+    sequence = np.concatenate([_prompt(prompts, lengths, row), out["tokens"][row]])
     logits = np.asarray(full_pass(sequence[None]))[0]
     # The logits that chose new token i are the full pass's at position length - 1 + i.
     expected = logits[length - 1:length - 1 + new]
@@ -60,7 +63,7 @@ def test_greedy_decoding_is_the_argmax_of_full_passes(model_and_params):
   np.testing.assert_array_equal(greedy, zero_temperature)
   full_pass = jax.jit(lambda tokens: model.apply(variables, tokens))
   for row, length in enumerate(lengths):
-    sequence = list(prompts[row, :length])
+    sequence = list(_prompt(prompts, lengths, row))
     for _ in range(new):
       padded = np.zeros((1, BLOCK), np.int32)  # Causal: the padding after is never seen.
       padded[0, :len(sequence)] = sequence

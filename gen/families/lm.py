@@ -200,12 +200,12 @@ def encode_prompt(tokenizer, text: str) -> np.ndarray:
 
 
 def prompt_batch(tokenizer, prompts) -> dict[str, np.ndarray]:
-  """{"prompts" [N, P] int32 (right-padded with 0), "lengths" [N] int32}."""
+  """{"prompts" [N, P] int32 (left-padded with 0, as gen.decode takes them), "lengths" [N]}."""
   encoded = [encode_prompt(tokenizer, p) for p in prompts]
   longest = max(len(e) for e in encoded)
   padded = np.zeros((len(encoded), longest), np.int32)
   for row, ids in enumerate(encoded):
-    padded[row, :len(ids)] = ids
+    padded[row, longest - len(ids):] = ids
   return {"prompts": padded, "lengths": np.asarray([len(e) for e in encoded], np.int32)}
 
 

@@ -9,10 +9,13 @@ the other by name alone.
 
 One module serves training and cached decoding (gen.decode):
   gpt(tokens [B, T], train) -> logits [B, T, V]
-  gpt(tokens [B, P], cache=init_cache(...)) -> (logits, cache): the prompt in one pass, its
-    keys and values written at positions 0..P-1
-  gpt(tokens [B, 1], cache=cache, positions=[B]) -> (logits, cache): one token per row, at
-    each row's own position, so prompts of different lengths decode in one batch.
+  gpt(tokens [B, T], cache=cache, index=i, offsets=[B]) -> (logits, cache): tokens written
+    into cache slots i..i+T-1, attending to the slots before. Row b's text starts at slot
+    offsets[b]: prompts of different lengths are left-padded to one length P (offsets =
+    P - lengths), their padding slots are masked out and positions count from each row's
+    first token, so every row computes what it would alone. The prompt goes in one call
+    (index 0), then one token per call at slot P, P+1, ...: all rows write the same slot,
+    which XLA updates in place.
 Logits are float32 whatever the compute dtype.
 
 Dropout (`model.dropout`) is applied to the embeddings and to each block's two residual
@@ -43,7 +46,9 @@ def _layer_norm(use_bias: bool, dtype, name: str) -> nn.LayerNorm:
 
 
 class CausalSelfAttention(nn.Module):
-  """x [B, T, C] -> [B, T, C]; with a cache, also the cache with this call's keys and values."""
+  """x [B·T, C] of `batch` rows -> [B·T, C]; with a cache, also the cache with this call's keys
+  and values. (Activations are kept 2-D: XLA:CPU's matmuls and their gradients run about twice
+  as fast on [B·T, C] as on [B, T, C].)"""
   num_heads: int
   use_bias: bool
   dtype: Any
@@ -52,31 +57,43 @@ class CausalSelfAttention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, cache=None, positions=None):
-    batch, length, width = x.shape
+  def __call__(self, x, batch: int, cache=None, index=0, offsets=None):
+    width = x.shape[-1]
+    length = x.shape[0] // batch
     heads, head_width = self.num_heads, width // self.num_heads
     # GPT-2's c_attn output is [q | k | v], each split into heads as [heads, head_width].
     qkv = _dense(3 * width, self.use_bias, self.dtype, _INIT_STD, "c_attn")(x)
     q, k, v = jnp.moveaxis(qkv.reshape(batch, length, 3, heads, head_width), 2, 0)
     if cache is None:
       y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    elif positions is None:  # Prefill: the prompt attends causally to itself.
-      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
-                                                 (0, 0, 0, 0)),
-               "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
-                                                 (0, 0, 0, 0))}
-      y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    else:  # One token per row, at the row's position; it sees the cache up to there.
-      write = jax.vmap(lambda c, new, p: jax.lax.dynamic_update_slice(c, new, (p, 0, 0)))
-      cache = {"k": write(cache["k"], k.astype(cache["k"].dtype), positions),
-               "v": write(cache["v"], v.astype(cache["v"].dtype), positions)}
-      # Cached entries beyond a row's position are stale or empty: the lengths mask them.
-      y = jax.nn.dot_product_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype),
-                                       key_value_seq_lengths=positions + 1)
+    else:
+      # The cache is [B, heads, slots, head_width], the layout of the two matmuls below, so
+      # that no step copies it (dot_product_attention's [B, slots, heads, head_width] made
+      # XLA:CPU transpose the whole cache at every token).
+      start = (0, 0, index, 0)
+      to_cache = lambda x, c: jnp.swapaxes(x, 1, 2).astype(c.dtype)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], to_cache(k, cache["k"]), start),
+               "v": jax.lax.dynamic_update_slice(cache["v"], to_cache(v, cache["v"]), start)}
+      scores = jnp.einsum("btnh,bnsh->bnts", q, cache["k"].astype(q.dtype),
+                          preferred_element_type=jnp.float32) / math.sqrt(head_width)
+      mask = cache_mask(index, length, cache["k"].shape[2], offsets)
+      probabilities = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), -1)
+      y = jnp.einsum("bnts,bnsh->btnh", probabilities.astype(q.dtype),
+                     cache["v"].astype(q.dtype))
     y = _dense(width, self.use_bias, self.dtype, self.residual_std, "c_proj")(
-        y.reshape(batch, length, width))
+        y.reshape(batch * length, width))
     y = Dropout(self.dropout_rate, deterministic=self.deterministic)(y)
     return y if cache is None else (y, cache)
+
+
+def cache_mask(index, length: int, cache_length: int, offsets) -> jax.Array:
+  """[B, 1, length, cache_length] bool: query slot index + t sees the slots from its row's
+  offset up to itself. A padding slot (before the offset) sees itself only, so that no row of
+  the attention is empty."""
+  queries = (index + jnp.arange(length))[None, :, None]
+  keys = jnp.arange(cache_length)[None, None, :]
+  mask = ((keys <= queries) & (keys >= offsets[:, None, None])) | (keys == queries)
+  return mask[:, None]
 
 
 class MLP(nn.Module):
@@ -106,15 +123,15 @@ class Block(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, cache=None, positions=None):
+  def __call__(self, x, batch: int, cache=None, index=0, offsets=None):
     options = dict(use_bias=self.use_bias, dtype=self.dtype, residual_std=self.residual_std,
                    dropout_rate=self.dropout_rate, deterministic=self.deterministic)
     attention = CausalSelfAttention(self.num_heads, name="attn", **options)
     h = _layer_norm(self.use_bias, self.dtype, "ln_1")(x)
     if cache is None:
-      x = x + attention(h)
+      x = x + attention(h, batch)
     else:
-      h, cache = attention(h, cache, positions)
+      h, cache = attention(h, batch, cache, index, offsets)
       x = x + h
     x = x + MLP(name="mlp", **options)(_layer_norm(self.use_bias, self.dtype, "ln_2")(x))
     return x if cache is None else (x, cache)
@@ -133,18 +150,20 @@ class GPT(nn.Module):
   remat: bool = False  # Recompute each block's activations in the backward pass.
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False, cache=None, positions=None):
-    if positions is None:
-      positions_ = jnp.arange(tokens.shape[1])[None]
-    else:
-      positions_ = positions[:, None]
+  def __call__(self, tokens, train: bool = False, cache=None, index=0, offsets=None):
+    positions = jnp.arange(tokens.shape[1])[None]
+    if cache is not None:
+      offsets = jnp.zeros(tokens.shape[:1], jnp.int32) if offsets is None else offsets
+      positions = jnp.maximum(index + positions - offsets[:, None], 0)
     init = nn.initializers.normal(_INIT_STD)
     wte = nn.Embed(self.vocab_size, self.n_embd, embedding_init=init, dtype=self.dtype,
                    name="wte")
     wpe = nn.Embed(self.block_size, self.n_embd, embedding_init=init, dtype=self.dtype,
                    name="wpe")
-    x = Dropout(self.dropout_rate, deterministic=not train)(wte(tokens) + wpe(positions_))
-    block = nn.remat(Block) if self.remat and cache is None else Block
+    batch, length = tokens.shape
+    x = Dropout(self.dropout_rate, deterministic=not train)(wte(tokens) + wpe(positions))
+    x = x.reshape(batch * length, self.n_embd)
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat and cache is None else Block
     # GPT-2 scales the residual projections' init by 1/sqrt(2·n_layer): two per block.
     residual_std = _INIT_STD / math.sqrt(2 * self.n_layer)
     new_cache = []
@@ -152,17 +171,17 @@ class GPT(nn.Module):
       layer = block(self.n_head, self.use_bias, self.dtype, residual_std, self.dropout_rate,
                     deterministic=not train, name=f"h_{i}")
       if cache is None:
-        x = layer(x)
+        x = layer(x, batch)
       else:
-        x, layer_cache = layer(x, cache[i], positions)
+        x, layer_cache = layer(x, batch, cache[i], index, offsets)
         new_cache.append(layer_cache)
     x = _layer_norm(self.use_bias, self.dtype, "ln_f")(x)
-    logits = wte.attend(x).astype(jnp.float32)
+    logits = wte.attend(x).astype(jnp.float32).reshape(batch, length, self.vocab_size)
     return logits if cache is None else (logits, new_cache)
 
   def init_cache(self, batch: int, length: int) -> list[dict[str, jax.Array]]:
-    """Empty keys and values for `batch` rows of up to `length` positions, per layer."""
-    shape = (batch, length, self.n_head, self.n_embd // self.n_head)
+    """Empty keys and values [batch, n_head, length, head width] per layer."""
+    shape = (batch, self.n_head, length, self.n_embd // self.n_head)
     return [{"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
             for _ in range(self.n_layer)]
 
