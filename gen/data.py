@@ -224,6 +224,12 @@ def batch_dataset(dataset: Dataset, batch_size: int, seed: int, spec=None) -> gr
           .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 
 
+def initial_position() -> dict[str, Any]:
+  """The data position (`DeviceIterator.state`) of a run that has drawn no batch yet."""
+  one = _in_memory("one", np.zeros((1, 1)), np.zeros(1), 0)
+  return iter(batch_dataset(one, 1, 0)).get_state()
+
+
 class DeviceIterator:
   """Global batches on the mesh, produced by a background thread.
 
