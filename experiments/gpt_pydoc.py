@@ -1,5 +1,6 @@
-"""A character-level GPT on Python's help topics (gen.text's pydoc corpus): offline, about
-15 minutes on 2 CPU cores, to below 1.65 bits/char on the validation split (zlib: 1.95)."""
+"""A character-level GPT on Python's help topics (gen.text's pydoc corpus), offline. Sized for
+at most 15 minutes on 2 CPU cores and at most 1.65 bits/char on the validation split (zlib:
+1.95): targets, not yet measured."""
 import ml_collections
 
 from gen.families import lm

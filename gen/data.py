@@ -185,6 +185,8 @@ DATASETS: dict[str, Callable[[Any, str], Dataset]] = {
     **{name: (lambda config, split, name=name: mixture(name, split)) for name in MIXTURES},
     **{name: _text for name in ("pydoc", "tiny_shakespeare", "lm1b")},  # gen.text
 }
+# The datasets that need no download (gen.results runs the experiments on them).
+OFFLINE = {"digits", *MIXTURES, "pydoc"}
 
 
 def register(name: str, load_fn: Callable[[Any, str], Dataset]) -> None:
