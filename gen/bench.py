@@ -232,6 +232,7 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
     sampling = {f"sample_{unit}_per_sec": config.batch_size * per_example / sample_s}
 
   peak, peak_source = peak_flops_per_sec(config.model.dtype)
+  family_numbers = experiment.family.benchmark(experiment, state, step_s, peak)
   return {
       "experiment_batch_size": batch_size,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -247,7 +248,9 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
       f"input_{unit}_per_sec": batch_size * per_example / input_s,
       f"loop_{unit}_per_sec": batch_size * per_example / loop_s,
       **sampling,
+      **family_numbers,
   }
+
 
 def _op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
   """{HLO instruction name: (opcode, source op_name)} of a compiled module's text. A fusion

@@ -39,17 +39,24 @@ class Dataset:
     num_examples: the size of the split.
     num_classes: the number of labels (0 where there are none).
     read: indices [B] -> {field: [B, ...]}, every field of `spec`.
+    fixed: config values the data determined, {dotted key: value} (a corpus's sha256), and
+    files: {dotted key: (file name, contents)} that later launches need to read the examples
+      the same way without the data (a tokenizer). A run records both in its workdir, with
+      each file's key set to the file's path there, and every later launch on the workdir
+      uses them (gen.experiment.build).
   """
   name: str
   spec: dict[str, jax.ShapeDtypeStruct]
   num_examples: int
   num_classes: int
   read: Callable[[np.ndarray], dict[str, np.ndarray]]
+  fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+  files: dict[str, tuple[str, bytes]] = dataclasses.field(default_factory=dict)
 
   @property
   def shape(self) -> tuple[int, ...]:
-    """The shape of one example's "x"."""
-    return tuple(self.spec["x"].shape)
+    """The shape of one example's "x" (of its first field, for a dataset without one)."""
+    return tuple((self.spec["x"] if "x" in self.spec else next(iter(self.spec.values()))).shape)
 
 
 def to_unit_range(images):
@@ -123,8 +130,8 @@ def _reachable(url: str = "https://storage.googleapis.com", timeout: float = 5.0
     return False
 
 
-def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
-  """An image dataset from tensorflow-datasets, read with `tfds.data_source` (no TensorFlow).
+def tfds_source(name: str, split: str, data_dir: str | None):
+  """A split of a tensorflow-datasets dataset, opened with `tfds.data_source` (no TensorFlow).
 
   A dataset not yet prepared in `data_dir` is downloaded and prepared when the network is
   reachable; offline, the error comes at once instead of after tfds's download retries.
@@ -132,7 +139,7 @@ def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
   import tensorflow_datasets as tfds
   fix = (f"The first use downloads and prepares it, which needs the network; on an offline "
          f"machine prepare it elsewhere (`tfds build {name}`) and pass "
-         f"--config.dataset.data_dir=DIR, or use an offline dataset (digits, ring2d, grid2d).")
+         f"--config.dataset.data_dir=DIR, or use an offline dataset (digits, ring2d, grid2d, pydoc).")
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as not_prepared:  # tfds raises many types: missing files, bad names.
@@ -145,6 +152,13 @@ def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
     except Exception as e:
       raise UsageError(f"Could not open the tfds dataset '{name}' (split '{split}', "
                        f"data_dir={data_dir!r}): {type(e).__name__}: {e}\n{fix}") from e
+  return source
+
+
+def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
+  """An image dataset from tensorflow-datasets (see `tfds_source`)."""
+  import tensorflow_datasets as tfds
+  source = tfds_source(name, split, data_dir)
   first = source[0]
   shape = tuple(first["image"].shape)
   features = tfds.builder(name, data_dir=data_dir).info.features
@@ -160,11 +174,19 @@ def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
   return Dataset(name, examples_spec(shape), len(source), num_classes, read)
 
 
+def _text(config, split: str) -> Dataset:
+  from gen import text  # Its tokenizers are imported only for text.
+  return text.load(config, split)
+
+
 # name -> load(dataset_config, split) -> Dataset. Any other name is a tfds image dataset.
 DATASETS: dict[str, Callable[[Any, str], Dataset]] = {
     "digits": lambda config, split: digits(split),
     **{name: (lambda config, split, name=name: mixture(name, split)) for name in MIXTURES},
+    **{name: _text for name in ("pydoc", "tiny_shakespeare", "lm1b")},  # gen.text
 }
+# The datasets that need no download (gen.results runs the experiments on them).
+OFFLINE = {"digits", *MIXTURES, "pydoc"}
 
 
 def register(name: str, load_fn: Callable[[Any, str], Dataset]) -> None:
@@ -200,6 +222,12 @@ def batch_dataset(dataset: Dataset, batch_size: int, seed: int, spec=None) -> gr
           .batch(batch_size, drop_remainder=True)
           .map(read)
           .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+
+
+def initial_position() -> dict[str, Any]:
+  """The data position (`DeviceIterator.state`) of a run that has drawn no batch yet."""
+  one = _in_memory("one", np.zeros((1, 1)), np.zeros(1), 0)
+  return iter(batch_dataset(one, 1, 0)).get_state()
 
 
 class DeviceIterator:

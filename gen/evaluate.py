@@ -230,7 +230,7 @@ def make_evaluator(experiment, workdir: str | None = None):
 def evaluate_latest(config, workdir: str, mesh=None) -> dict:
   """Restores the latest checkpoint of `workdir`, evaluates it and writes eval/<step>.json."""
   from gen import experiment as experiment_lib, writers
-  experiment = experiment_lib.build(config, mesh)
+  experiment = experiment_lib.build(config, mesh, workdir)
   state = experiment_lib.restore_latest(experiment, workdir)
   results = make_evaluator(experiment, workdir)(state)
   writers.write_eval(workdir, int(state.step), results)

@@ -1,14 +1,21 @@
 """What a config builds before anything is compiled, the programs it compiles, and the ways
 back into a trained run: restoring its latest checkpoint and sampling from it.
 
-  build(config) -> Experiment: the config checked (keys and values), the mesh, the data, the
-    models, their family and optimizers.
+  build(config, mesh, workdir) -> Experiment: the config checked (keys and values), the mesh,
+    the data, the models, their family and optimizers.
   restore_latest(experiment, workdir) -> TrainState
   sample(config, workdir, num_samples, output, **sample_flags): --mode=sample.
+
+A workdir may fix config values (its fixed_config.json, gen.writers): what its data
+determined (a tokenizer, a corpus's hash), or the sizes of a converted checkpoint. They win
+over the experiment file's and the command line's, and the log names each that differs. A
+config with `init_from` (a workdir) starts from that run's latest parameters, with the
+values that workdir fixes.
 
 Everything here goes through the family's interface (gen.families); nothing writes files
 except `sample`, which writes the file it is asked for.
 """
+import copy
 import dataclasses
 import functools
 import os
@@ -19,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from gen import UsageError, checkpoint, checks, cli, data, families, models as models_lib, sharding
+from gen import (UsageError, checkpoint, checks, cli, data, families, models as models_lib,
+                 sharding, writers)
 from gen.families import TrainState, step_key
 
 
@@ -32,6 +40,9 @@ class Experiment:
   models: dict
   family: families.Family
   optimizers: dict
+  # Config values the run keeps fixed (from init_from's workdir, this workdir and the data),
+  # which the loop records in the workdir with the dataset's files.
+  fixed: dict = dataclasses.field(default_factory=dict)
   # XLA options for the programs the experiment compiles (None: XLA's defaults). The tests
   # turn XLA's optimisations off for their short runs, where compiling is most of the time.
   compiler_options: ClassVar[dict | None] = None
@@ -87,8 +98,19 @@ class Experiment:
     return sharding.state_sharding(self._state_shapes, self.mesh)
 
   def init_state(self) -> TrainState:
-    return self.jit(self._init, out_shardings=self.state_sharding())(
+    """The initial state; with `config.init_from` (a workdir), its modules' parameters (and
+    EMA weights) are that run's latest, and the optimizer, step and key start afresh."""
+    state = self.jit(self._init, out_shardings=self.state_sharding())(
         jax.random.key(self.config.seed))
+    init_from = self.config.get("init_from")
+    if not init_from:
+      return state
+    restored = restore_latest(self, init_from)
+    logging.info("Initialised the parameters from %s (step %d).", init_from, int(restored.step))
+    return state.replace(modules={
+        name: module.replace(params=restored.modules[name].params,
+                             ema=None if module.ema is None else restored.modules[name].ema)
+        for name, module in state.modules.items()})
 
   def abstract_state(self):
     """The state's shapes, dtypes and shardings, without computing it (for restoring)."""
@@ -207,14 +229,50 @@ def _check_loop_values(config) -> None:
   checks.at_least(config.get("steps_per_call", 0), "steps_per_call", 0)
 
 
-def build(config, mesh=None) -> Experiment:
+def _set(config, key: str, value, source: str | None = None) -> None:
+  """Sets the dotted `key` of `config` to `value`, logging it when it changes a value and
+  `source` (what fixes it) is given."""
+  node = config
+  *parents, leaf = key.split(".")
+  try:
+    for parent in parents:
+      node = node[parent]
+    current = node[leaf]
+  except (KeyError, AttributeError):
+    raise UsageError(f"{source or 'The data'} fixes config.{key}, which this config does not "
+                     f"have: use the experiment the workdir was made with.") from None
+  if isinstance(current, tuple) and isinstance(value, list):
+    value = tuple(value)  # As JSON stored it.
+  if current != value:
+    if source:
+      logging.info("%s fixes config.%s=%r (the config has %r): its value wins.", source, key,
+                   value, current)
+    node[leaf] = value
+
+
+def build(config, mesh=None, workdir: str | None = None) -> Experiment:
   """Checks the config's keys and values against the devices and the data, then builds the
-  models, their family and its optimizers."""
+  models, their family and its optimizers. With `workdir`, the values it fixes win (see the
+  module docstring); the config given is not changed."""
   cli.check_required_keys(config)
+  config = copy.deepcopy(config)
+  fixed = {}
+  for directory, source in ((config.get("init_from"), "config.init_from"), (workdir, "The workdir")):
+    if directory:
+      for key, value in writers.read_fixed_config(directory).items():
+        _set(config, key, value, f"{source} {directory}")
+        fixed[key] = value
   _check_loop_values(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   sharding.check_batch_size(config.batch_size, mesh)
   dataset = data.load(config.dataset)
+  fixed = {key: value for key, value in fixed.items() if key not in dataset.files}
+  for key, value in dataset.fixed.items():
+    _set(config, key, value)
+    fixed[key] = value
+  if workdir:
+    for key, (name, _) in dataset.files.items():
+      _set(config, key, os.path.join(os.path.abspath(workdir), name))
   models = models_lib.build(config.model, dataset.shape)
   family = families.get(models_lib.family(config.model))
   classes = families.num_classes(config)
@@ -224,7 +282,7 @@ def build(config, mesh=None) -> Experiment:
                      f"{dataset.num_classes}.")
   family.validate(config)
   return Experiment(config, mesh, dataset, models, family,
-                    family.make_optimizers(config, list(models)))
+                    family.make_optimizers(config, list(models)), fixed)
 
 
 def restore_latest(experiment: Experiment, workdir: str) -> TrainState:
@@ -238,15 +296,16 @@ def restore_latest(experiment: Experiment, workdir: str) -> TrainState:
   return state
 
 
-def sample(config, workdir: str, num_samples: int, output: str, mesh=None, **sample_flags
-           ) -> dict[str, np.ndarray]:
-  """Writes `num_samples` samples of the latest checkpoint to `output` (.npz), as the family's
-  sampler makes them from `sample_flags` (for image models: "samples" in [0, 1] and "labels",
-  the classes asked for with `labels`, every class in turn by default).
+def sample(config, workdir: str, num_samples: int, output: str | None = None, mesh=None,
+           **sample_flags) -> dict[str, np.ndarray] | str:
+  """Writes `num_samples` samples of the latest checkpoint to `output`, as the family's sampler
+  makes them from `sample_flags`: arrays to an .npz (for image models: "samples" in [0, 1] and
+  "labels", the classes asked for with `labels`, every class in turn by default), or text,
+  which is also printed. Without `output`: <workdir>/samples.npz or samples.txt.
 
   Deterministic for a given checkpoint, `config.seed` and flags.
   """
-  experiment = build(config, mesh)
+  experiment = build(config, mesh, workdir)
   unknown = sorted(set(sample_flags) - set(experiment.family.sample_flags))
   if unknown:
     raise UsageError(f"--{unknown[0]} is not a sampling flag of {config.model.name} (the "
@@ -257,11 +316,18 @@ def sample(config, workdir: str, num_samples: int, output: str, mesh=None, **sam
   # Bad flags fail here, before a checkpoint is restored or anything compiled.
   sampler = experiment.family.make_sampler(experiment, num_samples, **sample_flags)
   state = restore_latest(experiment, workdir)
-  arrays = sampler(state, jax.random.fold_in(jax.random.key(config.seed), 1))
+  samples = sampler(state, jax.random.fold_in(jax.random.key(config.seed), 1))
+  text = isinstance(samples, str)
+  output = output or os.path.join(workdir, "samples.txt" if text else "samples.npz")
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    np.savez(output, **arrays)
-    logging.info("Wrote %s of step %d to %s.", ", ".join(
-        f"{name} {tuple(np.shape(value))}" for name, value in arrays.items()), int(state.step),
-        output)
-  return arrays
+    if text:
+      print(samples)
+      with open(output, "w") as f:
+        f.write(samples)
+      described = f"{num_samples} text sample(s)"
+    else:
+      np.savez(output, **samples)
+      described = ", ".join(f"{name} {tuple(np.shape(value))}" for name, value in samples.items())
+    logging.info("Wrote %s of step %d to %s.", described, int(state.step), output)
+  return samples

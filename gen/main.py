@@ -5,7 +5,6 @@ mistyped key fails here, before anything is built or compiled. `--mode=sample` t
 flags of every family's `sample_flags` (gen.families), each for the models of its family.
 """
 import json
-import os
 import sys
 
 from absl import app, flags, logging
@@ -24,7 +23,8 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this one's index.")
 _OUTPUT = flags.DEFINE_string("output", None,
-                              "--mode=sample: the .npz to write (default <workdir>/samples.npz).")
+                              "--mode=sample: the file to write: an .npz of arrays, or a .txt for "
+                              "text models (default <workdir>/samples.npz or samples.txt).")
 
 
 def _define_sample_flags() -> list[str]:
@@ -71,10 +71,9 @@ def main(argv):
       logging.info("Config:\n%s", config)
       train.train(config, _WORKDIR.value)
     elif _MODE.value == "sample":
-      output = _OUTPUT.value or os.path.join(_WORKDIR.value, "samples.npz")
       given = {name: flags.FLAGS[name].value for name in _SAMPLE_FLAGS
                if flags.FLAGS[name].present}
-      experiment.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, output, **given)
+      experiment.sample(config, _WORKDIR.value, _NUM_SAMPLES.value, _OUTPUT.value, **given)
     else:
       results = evaluate.evaluate_latest(config, _WORKDIR.value)
       print(json.dumps(results, indent=2))

@@ -137,10 +137,11 @@ def plot_image(pixels, title: str | None = None, inches_per_pixel: float = 0.015
   return figure
 
 
-def latest_samples(workdir: str, kind: str = "samples") -> str | None:
-  """The path of the last grid the run wrote of `kind` ("samples", "reconstructions", ...)."""
+def latest_samples(workdir: str, kind: str = "samples", extension: str = "png") -> str | None:
+  """The path of the last grid (or, with extension "txt", text) the run wrote of `kind`
+  ("samples", "reconstructions", ...)."""
   prefix = "" if kind == "samples" else f"{kind}_"
-  pattern = re.compile(rf"^{re.escape(prefix)}step_(\d+)\.png$")
+  pattern = re.compile(rf"^{re.escape(prefix)}step_(\d+)\.{extension}$")
   directory = os.path.join(workdir, "samples")
   found = [(int(m.group(1)), name) for name in (os.listdir(directory) if os.path.isdir(directory)
                                                  else ()) if (m := pattern.match(name))]
@@ -164,7 +165,7 @@ def _table(rows: dict[str, float]) -> list[str]:
 
 
 def summary(workdir: str, config: dict | None, records: list[dict], evals: dict,
-            images: dict[str, str]) -> str:
+            images: dict[str, str], text_samples: str | None = None) -> str:
   """summary.md: what ran, how far, how fast, how well, with links to the report's images."""
   final_step = max(r["step"] for r in records) if records else 0
   lines = [f"# {os.path.basename(os.path.abspath(workdir))}", ""]
@@ -201,6 +202,10 @@ def summary(workdir: str, config: dict | None, records: list[dict], evals: dict,
   if images:
     lines += ["", "## Plots", ""]
     lines += [f"![{label}]({os.path.relpath(path, workdir)})" for label, path in images.items()]
+  if text_samples:
+    with open(text_samples) as f:
+      lines += ["", f"## Samples, {os.path.splitext(os.path.basename(text_samples))[0]}", "",
+                f.read().rstrip("\n")]
   if config:
     lines += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```"]
   return "\n".join(lines) + "\n"
@@ -232,5 +237,6 @@ def write_report(workdir: str) -> list[str]:
     shutil.copyfile(samples, images[label])
   summary_path = os.path.join(workdir, "summary.md")
   with open(summary_path, "w") as f:
-    f.write(summary(workdir, config, records, evals, images))
+    f.write(summary(workdir, config, records, evals, images,
+                    latest_samples(workdir, extension="txt")))
   return [*images.values(), summary_path]

@@ -41,7 +41,7 @@ def offline_experiments() -> list[str]:
   """The experiments whose data is one of gen's own offline datasets (no download)."""
   from gen import data
   return [name for name in cli.experiments(cli.experiments_dir())
-          if cli.load_config(name).dataset.name in data.DATASETS]
+          if cli.load_config(name).dataset.name in data.OFFLINE]
 
 
 def commit() -> str:
@@ -140,6 +140,9 @@ def headline(results: list[dict], step: str | None = None) -> str:
                  f"({_stat(values('bits_per_dim'), 3)} bits/dim)")
   if have("ssim"):
     parts.append(f"reconstruction PSNR {_stat(values('psnr'))} dB, SSIM {_stat(values('ssim'), 3)}")
+  if have("bits_per_char"):
+    parts.append(f"validation {_stat(values('bits_per_char'), 3)} bits/char (perplexity "
+                 f"{_stat(values('perplexity'), 2)})")
   return "; ".join(parts)
 
 

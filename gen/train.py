@@ -99,7 +99,7 @@ def train(config, workdir: str, mesh=None) -> TrainState:
   that comes while the state is restored or the step compiles stops the run after its first
   step.
   """
-  experiment = experiment_lib.build(config, mesh)
+  experiment = experiment_lib.build(config, mesh, workdir)
   prepare_workdir(workdir)
   # Signals are caught from before the first computation on the mesh: in a multi-process run,
   # one process killed by Ctrl-C there would leave the others waiting in a collective.
@@ -175,6 +175,7 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+  writers.write_fixed_config(workdir, experiment.fixed, experiment.dataset.files)
   if start >= config.num_steps:
     logging.info("Step %d already reached num_steps=%d; nothing to train.", start, config.num_steps)
     return state
@@ -198,6 +199,7 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
   make_snapshots = family.make_snapshots(experiment.models, config)
   snapshots = make_snapshots and experiment.jit(make_snapshots, out_shardings=replicated)
   snapshot_batch = family.snapshot_batch(config, experiment.dataset)
+  render_snapshots = family.snapshot_renderer(config, experiment.dataset)
   snapshot_inputs = jax.device_put(snapshot_batch, replicated)
   snapshot_key = jax.random.fold_in(jax.random.key(config.seed), 0)
   unit, per_example = family.throughput_unit(config)
@@ -255,7 +257,7 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
       if snapshots and (step % config.sample_every == 0 or step == config.num_steps):
         outputs = jax.device_get(snapshots(state, snapshot_inputs, snapshot_key))
         if jax.process_index() == 0:
-          _write_snapshots(workdir, step, family.render_snapshots(outputs, snapshot_batch), writer)
+          _write_snapshots(workdir, step, render_snapshots(outputs, snapshot_batch), writer)
       stop = signals.stop_requested(step)
       if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
         checkpointer.save(step, state, batches.state)

@@ -94,6 +94,35 @@ def write_eval(workdir: str, step: int, results: dict) -> str:
   return path
 
 
+FIXED_CONFIG = "fixed_config.json"
+
+
+def write_fixed_config(workdir: str, values: dict, files: dict[str, tuple[str, bytes]]) -> None:
+  """<workdir>/fixed_config.json: config values {dotted key: value} that every later launch on
+  the workdir uses, and files {dotted key: (file name, contents)}, written beside it, whose key
+  is set to the file's path (gen.data.Dataset's `fixed` and `files`). Process 0 only."""
+  if jax.process_index() != 0 or not (values or files):
+    return
+  os.makedirs(workdir, exist_ok=True)
+  for name, contents in files.values():
+    with open(os.path.join(workdir, name), "wb") as f:
+      f.write(contents)
+  with open(os.path.join(workdir, FIXED_CONFIG), "w") as f:
+    json.dump({"values": values, "files": {key: name for key, (name, _) in files.items()}}, f,
+              indent=2)
+
+
+def read_fixed_config(workdir: str) -> dict:
+  """{dotted key: value} of <workdir>/fixed_config.json, files as their paths; {} without one."""
+  path = os.path.join(workdir, FIXED_CONFIG)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    fixed = json.load(f)
+  return {**fixed.get("values", {}), **{key: os.path.join(os.path.abspath(workdir), name)
+                                        for key, name in fixed.get("files", {}).items()}}
+
+
 def save_png(path: str, pixels: np.ndarray) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)

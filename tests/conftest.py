@@ -70,6 +70,11 @@ def tiny(config, **overrides):
     small.update({"model.features": (8, 16), "model.latent_dim": 4})
   elif model.name == "mlp_gan":
     small.update({"model.hidden": (16, 16)})
+  elif model.name == "gpt":  # A fixed decay horizon, so that a resumed schedule is the same.
+    small.update({"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32,
+                  "model.block_size": 16, "optimizer.gpt.decay_steps": 100,
+                  "optimizer.gpt.warmup_steps": 5, "lm.snapshot_tokens": 8,
+                  "eval.num_windows": 32, "eval.num_samples": 4, "eval.sample_tokens": 8})
   small.update(overrides)
   return override(config, small)
 

@@ -35,6 +35,12 @@ def test_headline_is_the_median_and_range_over_seeds():
   assert single == "test NLL 23.28 nats (0.524 bits/dim); reconstruction PSNR 16.9 dB, SSIM 0.858"
 
 
+def test_the_offline_experiments_are_those_whose_data_needs_no_download():
+  offline = results.offline_experiments()
+  assert {"dcgan_digits", "gan_ring2d", "vae_digits", "gpt_pydoc"} <= set(offline)
+  assert not {"dcgan_mnist", "gpt_shakespeare_char", "gpt2_124m", "sngan_cifar10"} & set(offline)
+
+
 def test_the_readme_is_rewritten_between_its_markers_and_in_the_measured_column(tmp_path):
   readme = tmp_path / "README.md"
   readme.write_text(

@@ -9,7 +9,7 @@ from conftest import load_config, tiny
 from gen import train
 
 
-@pytest.mark.parametrize("name", ["dcgan_digits", "vae_digits"])
+@pytest.mark.parametrize("name", ["dcgan_digits", "vae_digits", "gpt_pydoc"])
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(name, tmp_path, single_device_mesh):
   config = lambda steps: tiny(load_config(name), num_steps=steps, log_every=10)
   train.train(config(30), str(tmp_path / "resumed"), single_device_mesh)

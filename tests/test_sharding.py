@@ -31,7 +31,8 @@ EVERYTHING = {"model.spectral_norm": True, "gan.loss": "hinge", "gan.n_critic": 
 
 @pytest.mark.parametrize("name, overrides", [
     ("dcgan_digits", {}), ("vae_digits", {}), ("gan_ring2d", {}),
-    ("cdcgan_digits", EVERYTHING)])
+    ("cdcgan_digits", EVERYTHING),
+    ("gpt_pydoc", {"model.dropout": 0.1, "lm.accumulation_steps": 2})])
 def test_sharded_step_matches_single_device(name, overrides):
   assert jax.device_count() == 8
   config = tiny(load_config(name), batch_size=16, **overrides)

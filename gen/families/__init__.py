@@ -39,13 +39,19 @@ Optional (the default in brackets):
   render_snapshots(outputs, batch) -> {name: uint8 image [H, W, C] or str}  [`render_examples`]
       On the host: pictures become PNGs and TensorBoard images, strings text files and
       TensorBoard text. "samples" is the main one; others are written as <name>_step_<n>.
+  snapshot_renderer(config, dataset) -> render_snapshots  [the family's `render_snapshots`]
+      For a family whose rendering needs the data (a tokenizer, to turn tokens into text).
   eval_groups: {name: EvalGroup}  [{}]
       Evaluation groups only this family has (gen.evaluate has the shared ones).
   sample_flags: {flag: (kind, default, help)}  [`GENERATE_SAMPLE_FLAGS`]
       Extra flags of `--mode=sample` (kind: "string", "integer", "float", "list" or "bool").
   make_sampler(experiment, num_samples, **sample_flags) -> sampler(state, key) -> {name: array}
-      [`sample_generated`] Checks the flags at once (before a checkpoint is restored); the
-      sampler's arrays are written to the `--output` .npz.
+      or str  [`sample_generated`] Checks the flags at once (before a checkpoint is restored);
+      the sampler's arrays are written to the `--output` .npz; text is printed and written to
+      `--output` (a .txt).
+  benchmark(experiment, state, step_seconds, peak_flops_per_sec) -> {name: number}  [{}]
+      Numbers of the family's own that gen.bench reports beside the shared ones (a FLOP
+      count by the family's convention, decoding speed), given the step's measured time.
 """
 import dataclasses
 import functools
@@ -306,9 +312,11 @@ class Family:
   snapshot_batch: Callable
   make_snapshots: Callable
   render_snapshots: Callable
+  snapshot_renderer: Callable
   eval_groups: dict
   sample_flags: dict
   make_sampler: Callable
+  benchmark: Callable
 
 
 REQUIRED = ("validate", "batch_spec", "init_state", "make_train_step")
@@ -320,9 +328,11 @@ DEFAULTS = {
     "snapshot_batch": default_snapshot_batch,
     "make_snapshots": None,  # Filled in below: samples from "generate".
     "render_snapshots": render_examples,
+    "snapshot_renderer": None,  # Filled in below: the family's render_snapshots.
     "eval_groups": {},
     "sample_flags": GENERATE_SAMPLE_FLAGS,
     "make_sampler": sample_generated,
+    "benchmark": lambda experiment, state, step_seconds, peak_flops_per_sec: {},
 }
 
 _REGISTERED: dict[str, Family] = {}
@@ -337,6 +347,9 @@ def as_family(name: str, definition) -> Family:
             (*REQUIRED, *DEFAULTS)}
   if fields["make_snapshots"] is None:
     fields["make_snapshots"] = functools.partial(_generated_snapshots, fields["make_functions"])
+  if fields["snapshot_renderer"] is None:
+    render = fields["render_snapshots"]
+    fields["snapshot_renderer"] = lambda config, dataset: render
   return Family(name=name, **fields)
 
 
