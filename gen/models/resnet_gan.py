@@ -96,6 +96,14 @@ class Generator(nn.Module):
     return jnp.tanh(x.astype(jnp.float32))
 
 
+def _discriminator_conv(block: nn.Module, train: bool):
+  """conv(k, init, name): a block's k x k convolution of its width, spectrally normalised
+  where the block is."""
+  return lambda k, init, name: maybe_spectral_norm(
+      Conv(block.features, (k, k), kernel_init=init, dtype=block.dtype, name=name),
+      block.spectral_norm, train)
+
+
 class OptimizedDisBlock(nn.Module):
   """The discriminator's first block, on the image: conv3x3 -> ReLU -> conv3x3 -> avgpool,
   shortcut avgpool -> conv1x1 (no ReLU before the first convolution, which would clip the
@@ -106,9 +114,7 @@ class OptimizedDisBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, init, name: maybe_spectral_norm(
-        Conv(self.features, (k, k), kernel_init=init, dtype=self.dtype, name=name),
-        self.spectral_norm, train)
+    conv = _discriminator_conv(self, train)
     h = conv(3, _GLOROT_RELU, "conv1")(x)
     h = conv(3, _GLOROT_RELU, "conv2")(nn.relu(h))
     return _downsample(h) + conv(1, _GLOROT, "shortcut")(_downsample(x))
@@ -124,9 +130,7 @@ class DBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, init, name: maybe_spectral_norm(
-        Conv(self.features, (k, k), kernel_init=init, dtype=self.dtype, name=name),
-        self.spectral_norm, train)
+    conv = _discriminator_conv(self, train)
     h = conv(3, _GLOROT_RELU, "conv1")(nn.relu(x))
     h = conv(3, _GLOROT_RELU, "conv2")(nn.relu(h))
     if self.downsample:
