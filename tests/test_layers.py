@@ -35,8 +35,9 @@ def _assert_same_function(reference, ours, x, expected_shape):
                actual_grads, expected_grads)
 
 
+# A 5x5 kernel on a 2x3 image: its outer taps only ever see the padding.
 @pytest.mark.parametrize("kernel, stride, size", [(5, 2, 7), (5, 1, 7), (3, 2, 7), (4, 2, 5),
-                                                  (3, 1, 6), (1, 2, 3)])
+                                                  (3, 1, 6), (1, 2, 3), (5, 1, 2)])
 def test_conv_transpose_matches_flax(kernel, stride, size, lowering):
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
   _assert_same_function(
@@ -48,7 +49,8 @@ def test_conv_transpose_matches_flax(kernel, stride, size, lowering):
 # 64 x 64 channels take the sub-pixel input gradient; 3 x 5 take XLA's own.
 @pytest.mark.parametrize("kernel, stride, size, channels", [
     (5, 2, 14, (64, 64)), (5, 2, 7, (64, 64)), (3, 2, 7, (64, 64)), (4, 2, 9, (64, 64)),
-    (1, 2, 5, (64, 64)), (3, 3, 10, (64, 64)), (5, 2, 28, (3, 5)), (3, 1, 6, (3, 5))])
+    (1, 2, 5, (64, 64)), (3, 3, 10, (64, 64)), (5, 2, 28, (3, 5)), (3, 1, 6, (3, 5)),
+    (5, 1, 2, (3, 5)), (5, 2, 4, (3, 5))])
 def test_conv_matches_flax(kernel, stride, size, channels, lowering):
   cin, cout = channels
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, cin))

@@ -83,11 +83,24 @@ def _patch_conv(x, kernel, strides, padding):
     padding = (_same_pads(h, kh, sh), _same_pads(w, kw, sw))
   (ph0, ph1), (pw0, pw1) = padding
   oh, ow = (h + ph0 + ph1 - kh) // sh + 1, (w + pw0 + pw1 - kw) // sw + 1
+  # Taps whose every view lies in the padding multiply zeros only (a 5x5 kernel on a 2x2
+  # image reaches it with its central 3x3): they are left out.
+  (i0, i1), (j0, j1) = _taps_reaching(h, kh, sh, ph0, oh), _taps_reaching(w, kw, sw, pw0, ow)
+  kernel = kernel[i0:i1, j0:j1]
   x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (ph0, ph1, 0), (pw0, pw1, 0), (0, 0, 0)))
   views = [jax.lax.slice(x, (0, i, j, 0), (b, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin),
-                         (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
-  patches = jnp.concatenate(views, axis=-1).reshape(b * oh * ow, kh * kw * cin)
-  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout)).reshape(b, oh, ow, cout)
+                         (1, sh, sw, 1)) for i in range(i0, i1) for j in range(j0, j1)]
+  patches = jnp.concatenate(views, axis=-1).reshape(b * oh * ow, -1)
+  return jnp.dot(patches, kernel.reshape(-1, cout)).reshape(b, oh, ow, cout)
+
+
+def _taps_reaching(size: int, kernel: int, stride: int, pad_before: int, out: int
+                   ) -> tuple[int, int]:
+  """[first, last + 1) of the taps along an axis whose views touch the input, not only the
+  padding (tap t reads padded positions t, t + stride, ..., t + stride·(out - 1))."""
+  reaching = [t for t in range(kernel)
+              if any(pad_before <= t + stride * k < pad_before + size for k in range(out))]
+  return reaching[0], reaching[-1] + 1
 
 
 def _as_matrix_product(x_shape, kernel_shape, strides) -> bool:
