@@ -281,8 +281,11 @@ def tiny_filesystem(tmp_path):
 
 def test_a_full_disk_names_the_checkpoint_and_the_last_complete_one(tiny_filesystem):
   workdir = tiny_filesystem / "run"
+  # The model of the size whose checkpoints (about 2.5 MB) fill the 6 MB at the third.
   args = ["--config=experiments/dcgan_digits.py", "--config.checkpoint_every=2",
           "--config.log_every=2", "--config.sample_every=1000000", "--config.eval_every=1000000",
+          "--config.model.generator_features=(128,64,32)",
+          "--config.model.discriminator_features=(32,64)", "--config.gan.ema_decay=0",
           f"--workdir={workdir}"]
   run = lambda steps: subprocess.run(
       [sys.executable, "-m", "gen.main", *args, f"--config.num_steps={steps}"], cwd=ROOT,
