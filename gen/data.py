@@ -11,6 +11,7 @@ Images leave this module as float32 NHWC in [-1, 1] ("model space"); 2D mixtures
 any image dataset of tensorflow-datasets.
 """
 import dataclasses
+import importlib
 import queue
 import threading
 from collections.abc import Callable
@@ -174,16 +175,13 @@ def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
   return Dataset(name, examples_spec(shape), len(source), num_classes, read)
 
 
-def _text(config, split: str) -> Dataset:
-  from gen import text  # Its tokenizers are imported only for text.
-  return text.load(config, split)
-
-
-# name -> load(dataset_config, split) -> Dataset. Any other name is a tfds image dataset.
-DATASETS: dict[str, Callable[[Any, str], Dataset]] = {
+# name -> load(dataset_config, split) -> Dataset, or the name of the module whose `load` it
+# is, imported when first used (gen.text builds on this module, and its tokenizers are
+# imported only for text). Any other name is a tfds image dataset.
+DATASETS: dict[str, Callable[[Any, str], Dataset] | str] = {
     "digits": lambda config, split: digits(split),
     **{name: (lambda config, split, name=name: mixture(name, split)) for name in MIXTURES},
-    **{name: _text for name in ("pydoc", "tiny_shakespeare", "lm1b")},  # gen.text
+    **{name: "gen.text" for name in ("pydoc", "tiny_shakespeare", "lm1b")},
 }
 # The datasets that need no download (gen.results runs the experiments on them).
 OFFLINE = {"digits", *MIXTURES, "pydoc"}
@@ -199,6 +197,8 @@ def load(config, split: str | None = None) -> Dataset:
   """The dataset named by `config` (a `config.dataset` ConfigDict)."""
   split = split or config.split
   load_fn = DATASETS.get(config.name) or DATASETS.get(config.name.split("/")[0])
+  if isinstance(load_fn, str):
+    load_fn = importlib.import_module(load_fn).load
   if load_fn is not None:
     return load_fn(config, split)
   return tfds_images(config.name, split, config.get("data_dir"))
