@@ -108,9 +108,9 @@ def test_a_signal_while_the_step_compiles_stops_after_the_first_step(tmp_path, m
                                                                      single_device_mesh):
   compile_train_step = experiment_lib.Experiment.compile_train_step
 
-  def interrupted_compile(self, state):
+  def interrupted_compile(self, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before any step has run.
-    return compile_train_step(self, state)
+    return compile_train_step(self, *args, **kwargs)
 
   def uncaught(signum, frame):  # Fails the test, where KeyboardInterrupt would end the session.
     raise AssertionError("train() did not catch the SIGINT")
