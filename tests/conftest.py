@@ -14,9 +14,15 @@ import os
 import pathlib
 import tempfile
 
+# 8 virtual devices share 2 cores with the other test worker: a device can reach a collective
+# minutes after the others, which XLA:CPU would otherwise take for a hang and abort on (it
+# did, once, for the 8-device step with every GAN option in tests/test_sharding.py).
+PATIENT_COLLECTIVES = (" --xla_cpu_collective_call_terminate_timeout_seconds=1200"
+                       " --xla_cpu_collective_timeout_seconds=1200")
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+                           + " --xla_force_host_platform_device_count=8"
+                           + PATIENT_COLLECTIVES).strip()
 # One compilation cache for every test process and the subprocesses they start: most of the
 # suite compiles the same small programs again (each train() call, each CLI run).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -94,7 +100,7 @@ UNOPTIMIZED = {"xla_backend_optimization_level": 0}
 
 def cli_env(num_devices: int = 1, optimized: bool = False) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}" + PATIENT_COLLECTIVES
   if not optimized:
     env["XLA_FLAGS"] += "".join(f" --{k}={v}" for k, v in UNOPTIMIZED.items())
   env["PYTHONPATH"] = str(ROOT)
