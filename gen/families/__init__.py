@@ -62,6 +62,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import struct
@@ -351,6 +352,17 @@ def as_family(name: str, definition) -> Family:
     render = fields["render_snapshots"]
     fields["snapshot_renderer"] = lambda config, dataset: render
   return Family(name=name, **fields)
+
+
+def options_block(kind: str, defaults: dict, overrides: dict) -> ml_collections.ConfigDict:
+  """A family's block of options in the config: `defaults` with `overrides` changed; a key
+  it does not have is a KeyError naming the known ones."""
+  block = ml_collections.ConfigDict(defaults)
+  unknown = set(overrides) - set(block)
+  if unknown:
+    raise KeyError(f"Unknown {kind} options {sorted(unknown)}; known: {sorted(block)}.")
+  block.update(overrides)
+  return block
 
 
 def register(name: str, definition) -> None:

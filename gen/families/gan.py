@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from gen import UsageError, augment, checks, losses
-from gen.families import ModuleState, TrainState, adam, init_variables, num_classes
+from gen.families import (ModuleState, TrainState, adam, init_variables, num_classes,
+                          options_block)
 
 
 def options(**overrides) -> ml_collections.ConfigDict:
@@ -20,7 +21,7 @@ def options(**overrides) -> ml_collections.ConfigDict:
   Every key is present in every GAN config, so any of them can be set from the command
   line (`--config.gan.loss=hinge`).
   """
-  gan = ml_collections.ConfigDict({
+  return options_block("GAN", {
       "loss": "non_saturating",  # One of losses.GAN_LOSSES.
       "real_label": 1.0,  # Cross-entropy losses: 0.9 is one-sided label smoothing.
       "n_critic": 1,  # Discriminator updates per generator update, each on its own real batch.
@@ -30,12 +31,7 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "diffaugment": "",  # DiffAugment policy for real and fake alike: "color,translation,cutout".
       "ema_decay": 0.0,  # Generator EMA used for sampling and evaluation; 0 turns it off.
       "aux_weight": 1.0,  # ACGAN: weight of the auxiliary classification loss.
-  })
-  unknown = set(overrides) - set(gan)
-  if unknown:
-    raise KeyError(f"Unknown GAN options {sorted(unknown)}; known: {sorted(gan)}.")
-  gan.update(overrides)
-  return gan
+  }, overrides)
 
 
 def validate(config):

@@ -15,13 +15,13 @@ import numpy as np
 import optax
 
 from gen import UsageError, checks, decode, sharding
-from gen.families import EvalGroup, ModuleState, TrainState, init_variables
+from gen.families import EvalGroup, ModuleState, TrainState, init_variables, options_block
 
 
 def options(**overrides) -> ml_collections.ConfigDict:
   """`config.lm`, with the given values changed; every key is in every LM config, so any can
   be set from the command line (`--config.lm.accumulation_steps=4`)."""
-  lm = ml_collections.ConfigDict({
+  return options_block("LM", {
       # Micro-batches per step: the gradient of config.batch_size windows is accumulated over
       # this many slices of it, inside the step (the same update, less memory).
       "accumulation_steps": 1,
@@ -30,12 +30,7 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "snapshot_prompts": ("",),
       "snapshot_tokens": 200,  # New tokens per snapshot (at most the context left).
       "snapshot_temperature": 0.8,
-  })
-  unknown = set(overrides) - set(lm)
-  if unknown:
-    raise KeyError(f"Unknown LM options {sorted(unknown)}; known: {sorted(lm)}.")
-  lm.update(overrides)
-  return lm
+  }, overrides)
 
 
 def validate(config):

@@ -14,7 +14,7 @@ import numpy as np
 
 from gen import UsageError, checks, data, losses, writers
 from gen.families import (EvalGroup, ModuleState, TrainState, alternate, init_variables,
-                          num_classes, render_examples)
+                          num_classes, options_block, render_examples)
 
 OBJECTIVES = ("elbo", "iwae")
 # Bounds of the decoder's log-scales (learned Gaussian and logistic), as in PixelCNN++'s -7.
@@ -27,18 +27,13 @@ def options(**overrides) -> ml_collections.ConfigDict:
   Every key is present in every VAE config, so any of them can be set from the command line
   (`--config.vae.beta=4`). The defaults are the plain ELBO.
   """
-  vae = ml_collections.ConfigDict({
+  return options_block("VAE", {
       "objective": "elbo",  # Or "iwae": the importance-weighted bound (Burda et al. 2016).
       "iwae_samples": 1,  # K posterior samples per example for objective "iwae".
       "beta": 1.0,  # The KL's weight (β-VAE, Higgins et al. 2017); 1 is the ELBO.
       "kl_warmup_steps": 0,  # The KL weight ramps linearly from 0 to beta over these steps; 0: off.
       "free_bits": 0.0,  # λ nats per latent dimension (Kingma et al. 2016); 0: off.
-  })
-  unknown = set(overrides) - set(vae)
-  if unknown:
-    raise KeyError(f"Unknown VAE options {sorted(unknown)}; known: {sorted(vae)}.")
-  vae.update(overrides)
-  return vae
+  }, overrides)
 
 
 def _options(config) -> ml_collections.ConfigDict:
