@@ -17,6 +17,7 @@ reason and the last complete checkpoint, once.
 """
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -147,7 +148,15 @@ class Checkpointer:
       if not self._failed:
         self._failed = True
         failed = self._writing if self._writing is not None else step
+        self._remove_partial(failed)
         raise WriteError(self._write_error(failed, error)) from error
+
+  def _remove_partial(self, step: int) -> None:
+    """Removes what the failed save of `step` wrote: on a full disk it holds the space that a
+    resumed run needs, and Orbax removes it only when a manager next opens the directory."""
+    if jax.process_index() == 0:
+      for partial in glob.glob(glob.escape(self.path(step)) + ".orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
   def _write_error(self, step: int, error: Exception) -> str:
     if is_out_of_space(error):

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -69,6 +70,22 @@ def state_sharding(abstract_state, mesh: Mesh):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over the `data` axis, other axes whole."""
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def join_batches(*batches: jax.Array) -> jax.Array:
+  """`batches` (same shapes) as one batch whose rows interleave theirs: a0, b0, a1, b1, ...
+
+  Inside a step, where batches are split over devices, appending one batch to another
+  would move half the rows to other devices (all-gathers on every step); interleaving keeps
+  each device's rows on it. `split_batches` undoes it.
+  """
+  return jnp.stack(batches, axis=1).reshape(-1, *batches[0].shape[1:])
+
+
+def split_batches(joined: jax.Array, n: int) -> tuple[jax.Array, ...]:
+  """The `n` batches that `join_batches` joined."""
+  rows = joined.reshape(-1, n, *joined.shape[1:])
+  return tuple(rows[:, i] for i in range(n))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen import UsageError, augment, checks, losses
+from gen import UsageError, augment, checks, losses, sharding
 from gen.families import (ModuleState, TrainState, adam, init_variables, num_classes,
                           options_block)
 
@@ -137,12 +137,12 @@ def make_discriminator(discriminator, optimizer, config):
     d_params, d_stats = d.params, d.batch_stats
     b = real.shape[0]
     d_key, gp_key, r1_key, eps_key = jax.random.split(key, 4)
-    labels = None if real_labels is None else jnp.concatenate([real_labels, fake_labels])
+    labels = None if real_labels is None else sharding.join_batches(real_labels, fake_labels)
 
     def loss_fn(d_params):
       logits, class_logits, new_stats = discriminate(
-          d_params, d_stats, jnp.concatenate([real, fake]), labels, d_key)
-      real_logits, fake_logits = jnp.split(logits, 2)
+          d_params, d_stats, sharding.join_batches(real, fake), labels, d_key)
+      real_logits, fake_logits = sharding.split_batches(logits, 2)
       loss = d_loss_of_logits(real_logits, fake_logits)
       aux = {"d_real_logit": real_logits.mean(), "d_fake_logit": fake_logits.mean()}
       if acgan:

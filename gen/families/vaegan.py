@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gen import UsageError, checks, losses
+from gen import UsageError, checks, losses, sharding
 from gen.families import ModuleState, TrainState, alternate, init_variables, num_classes
 from gen.families import gan as gan_family
 
@@ -80,21 +80,22 @@ def make_train_step(models, optimizers, config):
       mean, log_var = encoder.apply({"params": eg_params["encoder"]}, x)
       z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(eps_key, mean.shape)
       z_prior = jax.random.normal(prior_key, mean.shape)
-      recon, samples = jnp.split(_decode(generator, eg_params["generator"],
-                                         jnp.concatenate([z, z_prior])), 2)
+      recon, samples = sharding.split_batches(_decode(
+          generator, eg_params["generator"], sharding.join_batches(z, z_prior)), 2)
       return recon, samples, losses.gaussian_kl(mean, log_var).mean()
 
     eg_params = {"encoder": state.params["encoder"], "generator": state.params["generator"]}
     (recon, samples, kl), eg_vjp = jax.vjp(forward, eg_params)
 
     # D sees reconstructions for half the batch and prior samples for the other half.
-    half = b // 2
-    fake = jnp.concatenate([recon[:half], samples[half:]])
+    # (Selected by row rather than sliced and appended, so each device keeps its rows.)
+    first_half = (jnp.arange(b) < b // 2).reshape(b, *[1] * (x.ndim - 1))
+    fake = jnp.where(first_half, recon, samples)
     d, d_metrics = d_update(state.step, state.modules["discriminator"], x, None,
                             jax.lax.stop_gradient(fake), None, d_key)
 
     def eg_loss(recon, samples):
-      logits, _, _ = discriminate(d.params, d.batch_stats, jnp.concatenate([recon, samples]),
+      logits, _, _ = discriminate(d.params, d.batch_stats, sharding.join_batches(recon, samples),
                                   None, g_key)
       adversarial = g_loss_of_logits(logits)
       l1 = jnp.abs(x - recon).reshape(b, -1).sum(-1).mean()
