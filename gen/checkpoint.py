@@ -124,6 +124,9 @@ class Checkpointer:
     Raises WriteError when the filesystem has less free space than the state's size (before
     anything is written), or when this save or the one before it (which it waits for) fails.
     """
+    # The previous save first (Orbax would wait for it anyway): the free space is measured
+    # with it complete, and it is the size of the next one.
+    self.wait()
     # As much as the last checkpoint took (the arrays are compressed), else the arrays' size.
     latest = self._manager.latest_step()
     needed = (_size(self.path(latest)) if latest is not None else

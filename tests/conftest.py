@@ -14,11 +14,12 @@ import os
 import pathlib
 import tempfile
 
-# 8 virtual devices share 2 cores with the other test worker: a device can reach a collective
-# minutes after the others, which XLA:CPU would otherwise take for a hang and abort on (it
-# did, once, for the 8-device step with every GAN option in tests/test_sharding.py).
-PATIENT_COLLECTIVES = (" --xla_cpu_collective_call_terminate_timeout_seconds=1200"
-                       " --xla_cpu_collective_timeout_seconds=1200")
+# 8 virtual devices share 2 cores with the other test worker, so a device may reach a
+# collective long after the others: XLA:CPU waits 5 minutes before taking it for a hang and
+# aborting. (A real hang, a step whose collectives different devices run in different
+# orders, then fails in 5 minutes rather than stalling the suite.)
+PATIENT_COLLECTIVES = (" --xla_cpu_collective_call_terminate_timeout_seconds=300"
+                       " --xla_cpu_collective_timeout_seconds=300")
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8"
