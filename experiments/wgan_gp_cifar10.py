@@ -6,6 +6,12 @@ import ml_collections
 from gen.families import gan
 
 
+# tests/test_experiments.py trains every experiment two steps at its own size: five critic
+# updates are five copies of the discriminator's update in the step, a minute to compile and
+# run unoptimised at this width; the test keeps 2 (the loop is the same for any number).
+TEST_OVERRIDES = {"gan.n_critic": 2}
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
