@@ -52,7 +52,8 @@ def configure(config, latent_dim: int, categorical: int = 10, continuous: int = 
   and the `codes` evaluation beside the others (an experiment file's one call)."""
   with config.unlocked():
     config.model.update(dict(name="infogan", latent_dim=latent_dim, categorical_codes=categorical,
-                             continuous_codes=continuous, q_hidden=q_hidden))
+                             continuous_codes=continuous, q_hidden=q_hidden,
+                             spectral_norm=config.model.get("spectral_norm", False)))
     config.infogan = options()
     config.eval.metrics = (*config.eval.metrics, "codes")
   return config
