@@ -34,10 +34,10 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True):
-    k = (self.kernel_size, self.kernel_size)
+    kernel = (self.kernel_size, self.kernel_size)
     act = lambda h: nn.leaky_relu(h, self.negative_slope)
     for width in self.features:
-      conv = Conv(width, k, strides=(2, 2), dtype=self.dtype)
+      conv = Conv(width, kernel, strides=(2, 2), dtype=self.dtype)
       x = Dropout(self.dropout, deterministic=not train)(
           act(maybe_spectral_norm(conv, self.spectral_norm, train)(x)))
     trunk = x.reshape(x.shape[0], -1)
@@ -45,8 +45,8 @@ class Discriminator(nn.Module):
     q = act(nn.Dense(self.q_hidden, dtype=self.dtype, name="q_hidden")(trunk))
     q = nn.Dense(self.categorical + 2 * self.continuous, dtype=self.dtype, name="q_out")(q)
     q = q.astype(jnp.float32)
-    k_, c = self.categorical, self.continuous
-    return logits, {"categorical": q[:, :k_], "mean": q[:, k_:k_ + c], "log_std": q[:, k_ + c:]}
+    k, c = self.categorical, self.continuous
+    return logits, {"categorical": q[:, :k], "mean": q[:, k:k + c], "log_std": q[:, k + c:]}
 
 
 FAMILY = "infogan"
