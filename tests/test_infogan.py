@@ -172,17 +172,3 @@ def test_sample_labels_choose_the_categorical_code(trained, tmp_path):
   with pytest.raises(UsageError, match=r"Labels must be in \[0, 10\)"):
     experiment_lib.sample(config, str(workdir), 4, None, mesh, labels=["10"])
 
-
-def test_sharded_step_matches_single_device():
-  """The step with the codes on 8 devices equals the step on 1: Q's outputs are split per
-  device into real and fake rows, and the codes drawn per example. (The GAN options' own
-  sharding is tests/test_sharding.py's; spectral norm here is Q's trunk's.)"""
-  from test_sharding import _one_step
-  config = tiny(load_config("infogan_digits"), **{"model.spectral_norm": True,
-                                                  "infogan.continuous_std": 0.0})
-  _, params_1, metrics_1, _ = _one_step(config, jax.devices()[:1])
-  _, params_8, metrics_8, _ = _one_step(config, jax.devices())
-  for key in metrics_1:
-    np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=1e-5, atol=1e-5, err_msg=key)
-  for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_8)):
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
