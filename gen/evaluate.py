@@ -16,6 +16,8 @@ family provides (gen.families: "generate", "reconstruct"), and a family's own `e
                   Inception score; needs pytorch-fid's weights file (see gen/inception.py)
   reconstruction  PSNR and SSIM of reconstructions of the evaluation split
   likelihood      (the VAE family's) ELBO and the IWAE bound, nats and bits/dim
+  codes           (the InfoGAN family's) the categorical code's accuracy as a classifier,
+                  after matching codes to classes
 """
 import dataclasses
 import os

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+import scipy.optimize
 
 # Distances and kernels are float32 on the device; without HIGHEST, GPUs and TPUs may run
 # float32 matmuls in TF32/bf16, which is too coarse for nearest-neighbour radii and MMD.
@@ -309,6 +310,21 @@ def density_coverage(real, fake, k: int = 5, batch_size: int = 1024) -> dict[str
                                         min(batch_size, len(real)))
   density = int(np.asarray(strictly_inside).sum()) / (k * len(fake))
   return {"density": density, "coverage": float(np.mean(np.asarray(nearest_fake < real_radii)))}
+
+
+def matched_accuracy(clusters, labels, num_clusters: int | None = None,
+                     num_classes: int | None = None) -> float:
+  """Accuracy of cluster assignments [N] as a classifier of `labels` [N] after the best
+  one-to-one matching of clusters to classes (the Hungarian algorithm on their contingency
+  table, scipy.optimize.linear_sum_assignment), as unsupervised clustering is scored. With
+  more clusters than classes (or fewer), the unmatched ones count as wrong."""
+  clusters, labels = np.asarray(clusters, np.int64), np.asarray(labels, np.int64)
+  num_clusters = num_clusters or int(clusters.max()) + 1
+  num_classes = num_classes or int(labels.max()) + 1
+  counts = np.zeros((num_clusters, num_classes), np.int64)
+  np.add.at(counts, (clusters, labels), 1)
+  rows, columns = scipy.optimize.linear_sum_assignment(counts, maximize=True)
+  return float(counts[rows, columns].sum() / len(clusters))
 
 
 def psnr(x, y, max_value: float = 1.0) -> jax.Array:

@@ -63,7 +63,7 @@ def tiny(config, **overrides):
   """A config shrunk for tests: small widths and batch, frequent outputs."""
   small = {"batch_size": 16, "log_every": 1, "sample_every": 1000, "checkpoint_every": 1000}
   model = config.model
-  if model.name == "dcgan":
+  if model.name in ("dcgan", "infogan"):
     depth = len(model.generator_features)  # Kept: it sets the output size.
     small.update({"model.generator_features": (16,) + (8,) * (depth - 1),
                   "model.discriminator_features": (8, 16), "model.latent_dim": 8})

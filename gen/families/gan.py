@@ -3,8 +3,15 @@
 The objective, its regularisers and the schedule come from `config.gan` (see `options`);
 every option composes with every other and with class conditioning (`config.model.
 num_classes`, with a projection or ACGAN discriminator).
+
+A family built on this step (gen.families.infogan) passes an `Extension`: what the generator
+is given besides its noise, and a loss on the discriminator's second output for the fakes,
+added to the discriminator's and the generator's objectives; every option above composes
+with it too.
 """
+import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -83,11 +90,40 @@ def augment_policy(spec: str) -> tuple[str, ...]:
   return policy
 
 
-def init_state(models, optimizers, config, spec, key) -> TrainState:
+@dataclasses.dataclass(frozen=True)
+class Extension:
+  """How a family built on the GAN step changes it.
+
+  latents(z_key, code_key, b) -> (z, labels or None, codes): the generator's inputs for b
+    fakes (`generator(z, labels, train)`) and the codes they carry (any pytree with a leading
+    batch axis). The discriminator is given the labels only for a conditional model.
+  auxiliary_loss(outputs, codes) -> (loss, {metric: scalar}): a loss on the discriminator's
+    second output (a pytree with a leading batch axis) for the fakes, given their codes;
+    added to the discriminator's loss and to the generator's. None: no such loss.
+  """
+  latents: Callable
+  auxiliary_loss: Callable | None = None
+
+
+def conditional_latents(config) -> Extension:
+  """The plain GAN's inputs: z ~ N(0, I) and, for a conditional model, uniform classes."""
+  latent_dim, classes = config.model.latent_dim, num_classes(config)
+
+  def latents(z_key, code_key, b):
+    z = jax.random.normal(z_key, (b, latent_dim))
+    labels = jax.random.randint(code_key, (b,), 0, classes) if classes else None
+    return z, labels, labels
+
+  return Extension(latents)
+
+
+def init_state(models, optimizers, config, spec, key, extension: Extension | None = None
+               ) -> TrainState:
   g_key, d_key, rng = jax.random.split(key, 3)
-  labels = jnp.zeros((1,), jnp.int32) if num_classes(config) else None
-  z = jnp.zeros((1, config.model.latent_dim))
-  g_params, g_stats = init_variables(models["generator"], g_key, z, labels, train=False)
+  extension = extension or conditional_latents(config)
+  z, g_labels, _ = jax.tree.map(jnp.zeros_like, extension.latents(g_key, g_key, 1))
+  labels = g_labels if num_classes(config) else None
+  g_params, g_stats = init_variables(models["generator"], g_key, z, g_labels, train=False)
   d_params, d_stats = init_variables(models["discriminator"], d_key,
                                      jnp.zeros((1, *spec["x"].shape)), labels, train=False)
   return TrainState.create(rng, {
@@ -104,13 +140,14 @@ def ema_decay(decay: float, step: jax.Array) -> jax.Array:
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def make_discriminator(discriminator, optimizer, config):
+def make_discriminator(discriminator, optimizer, config, auxiliary_loss=None):
   """(discriminate, d_update, g_loss_of_logits): the discriminator side of `config.gan`,
   shared by the GAN step and the VAE-GAN step.
 
   discriminate(d_params, d_stats, x, labels, key) -> (logits, class logits, new d_stats)
-  d_update(step, d: ModuleState, real, real_labels, fake, fake_labels, key)
-    -> (updated d, metrics): one step of `optimizer` on the loss, ACGAN term and penalties.
+  d_update(step, d: ModuleState, real, real_labels, fake, fake_labels, key, fake_codes=None)
+    -> (updated d, metrics): one step of `optimizer` on the loss, ACGAN term and penalties,
+    and `auxiliary_loss(second output for the fakes, fake_codes)` (Extension) where given.
   """
   gan = config.gan
   acgan = config.model.get("conditioning", "none") == "acgan"
@@ -133,7 +170,7 @@ def make_discriminator(discriminator, optimizer, config):
     logits = lambda x: discriminate(d_params, d_stats, x, labels, key)[0].sum()
     return jax.grad(logits)(x)
 
-  def d_update(step, d: ModuleState, real, real_labels, fake, fake_labels, key):
+  def d_update(step, d: ModuleState, real, real_labels, fake, fake_labels, key, fake_codes=None):
     d_params, d_stats = d.params, d.batch_stats
     b = real.shape[0]
     d_key, gp_key, r1_key, eps_key = jax.random.split(key, 4)
@@ -148,6 +185,11 @@ def make_discriminator(discriminator, optimizer, config):
       if acgan:
         aux["d_class_loss"] = losses.softmax_cross_entropy(class_logits, labels)
         loss += gan.aux_weight * aux["d_class_loss"]
+      if auxiliary_loss is not None:
+        fake_outputs = jax.tree.map(lambda a: sharding.split_batches(a, 2)[1], class_logits)
+        extra, extra_metrics = auxiliary_loss(fake_outputs, fake_codes)
+        aux.update({f"d_{k}": v for k, v in extra_metrics.items()})
+        loss += extra
       if gan.gradient_penalty:
         eps = jax.random.uniform(eps_key, (b,) + (1,) * (real.ndim - 1))
         between = eps * real + (1.0 - eps) * jax.lax.stop_gradient(fake)
@@ -168,12 +210,13 @@ def make_discriminator(discriminator, optimizer, config):
   return discriminate, d_update, g_loss_of_logits
 
 
-def make_train_step(models, optimizers, config):
+def make_train_step(models, optimizers, config, extension: Extension | None = None):
   generator = models["generator"]
-  gan, latent_dim, classes = config.gan, config.model.latent_dim, num_classes(config)
+  gan, classes = config.gan, num_classes(config)
   acgan = config.model.get("conditioning", "none") == "acgan"
+  extension = extension or conditional_latents(config)
   discriminate, d_update, g_loss_of_logits = make_discriminator(
-      models["discriminator"], optimizers["discriminator"], config)
+      models["discriminator"], optimizers["discriminator"], config, extension.auxiliary_loss)
 
   def train_step(state: TrainState, batch, rng):
     """batch["x"] [n_critic·B, ...] real examples in model space (batch["label"] [n_critic·B]
@@ -195,30 +238,34 @@ def make_train_step(models, optimizers, config):
     d = state.modules["discriminator"]
     for i in range(n):
       z_key, label_key, d_key = jax.random.split(keys[i], 3)
-      z = jax.random.normal(z_key, (b, latent_dim))
-      fake_labels = jax.random.randint(label_key, (b,), 0, classes) if classes else None
+      z, g_labels, codes = extension.latents(z_key, label_key, b)
+      fake_labels = g_labels if classes else None
       if i < n - 1:
-        fake, _ = generate(jax.lax.stop_gradient(g_params), z, fake_labels)
+        fake, _ = generate(jax.lax.stop_gradient(g_params), z, g_labels)
       else:
         # The last generator pass serves both updates: D trains on `fake`, and G's
         # gradient is pulled back through the same pass with its VJP.
         fake, generator_vjp, g_stats = jax.vjp(
-            lambda p: generate(p, z, fake_labels), g_params, has_aux=True)
+            lambda p: generate(p, z, g_labels), g_params, has_aux=True)
       d, d_metrics = d_update(state.step, d, reals[:, i], None if real_labels is None else
-                              real_labels[:, i], fake, fake_labels, d_key)
+                              real_labels[:, i], fake, fake_labels, d_key, codes)
 
     def g_loss_fn(fake):
       logits, class_logits, _ = discriminate(d.params, d.batch_stats, fake, fake_labels, keys[n])
-      loss = g_loss_of_logits(logits)
+      loss, metrics = g_loss_of_logits(logits), {}
       if acgan:
         loss += gan.aux_weight * losses.softmax_cross_entropy(class_logits, fake_labels)
-      return loss
+      if extension.auxiliary_loss is not None:
+        extra, extra_metrics = extension.auxiliary_loss(class_logits, codes)
+        loss += extra
+        metrics = {f"g_{k}": v for k, v in extra_metrics.items()}
+      return loss, metrics
 
-    g_loss, fake_grad = jax.value_and_grad(g_loss_fn)(fake)
+    (g_loss, g_metrics), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
     (g_grads,) = generator_vjp(fake_grad)
     g = g.apply_gradients(optimizers["generator"], g_grads, g_stats)
     g = g.update_ema(ema_decay(gan.ema_decay, state.step))
-    return state.next(generator=g, discriminator=d), {**d_metrics, "g_loss": g_loss}
+    return state.next(generator=g, discriminator=d), {**d_metrics, "g_loss": g_loss, **g_metrics}
 
   return train_step
 
