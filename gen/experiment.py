@@ -188,19 +188,31 @@ class Experiment:
     unconditional model)."""
     return families.sample_labels(self.num_classes, num, labels)
 
+  def in_batches(self, function):
+    """call(state, key, inputs [N]) -> NumPy outputs [N, ...] (any pytree) of a compiled
+    `function(state, key, inputs [batch])` run on batches of the config's size over the mesh
+    (the last one padded by repeating `inputs`); batch i uses fold_in(key, i)."""
+    batch_size, batched = self.config.batch_size, sharding.batch_sharding(self.mesh)
+
+    def call(state, key, inputs):
+      n, count = len(inputs), -(-len(inputs) // batch_size)
+      padded = np.resize(np.asarray(inputs), count * batch_size)
+      rows = lambda i: jax.device_put(padded[i * batch_size:(i + 1) * batch_size], batched)
+      chunks = [jax.tree.map(sharding.to_host, function(state, jax.random.fold_in(key, i), rows(i)))
+                for i in range(count)]
+      return jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *chunks)
+
+    return call
+
   def sampler(self):
     """samples(state, num, key, labels=None) -> NumPy [num, ...] in model space, of the classes
     `sample_labels(num, labels)`, in batches of the config's size; batch i uses
     fold_in(key, i), so the result depends on the key and labels alone."""
-    generate, batch_size = self.compile_generate(), self.config.batch_size
-    batched = sharding.batch_sharding(self.mesh)
+    generate, batch_size = self.in_batches(self.compile_generate()), self.config.batch_size
 
     def samples(state, num: int, key, labels=None) -> np.ndarray:
       labels = self.sample_labels(-(-num // batch_size) * batch_size, labels)
-      chunks = [sharding.to_host(generate(state, jax.random.fold_in(key, i), jax.device_put(
-          labels[i * batch_size:(i + 1) * batch_size], batched)))
-                for i in range(-(-num // batch_size))]
-      return np.concatenate(chunks)[:num]
+      return generate(state, key, labels)[:num]
 
     return samples
 

@@ -182,19 +182,10 @@ def code_sampler(experiment):
   """sample(state, key, categorical [N] np.int) -> (images [N, ...] in model space, continuous
   codes [N, C]) on the host, in batches of the config's size over the mesh; batch i uses
   fold_in(key, i)."""
-  batched = sharding.batch_sharding(experiment.mesh)
-  generate = experiment.jit(experiment.functions["generate_codes"], out_shardings=batched)
-  b = experiment.config.batch_size
-
-  def sample(state, key, categorical):
-    n = len(categorical)
-    padded = np.resize(np.asarray(categorical, np.int32), -(-n // b) * b)
-    chunks = [jax.tree.map(sharding.to_host, generate(
-        state, jax.random.fold_in(key, i), jax.device_put(padded[i * b:(i + 1) * b], batched)))
-              for i in range(len(padded) // b)]
-    return tuple(np.concatenate(parts)[:n] for parts in zip(*chunks))
-
-  return sample
+  generate = experiment.jit(experiment.functions["generate_codes"],
+                            out_shardings=sharding.batch_sharding(experiment.mesh))
+  sample = experiment.in_batches(generate)
+  return lambda state, key, categorical: sample(state, key, np.asarray(categorical, np.int32))
 
 
 sample_flags = {

@@ -58,14 +58,21 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True):
-    k = (self.kernel_size, self.kernel_size)
-    for width in self.features:
-      conv = Conv(width, k, strides=(2, 2), dtype=self.dtype)
-      x = maybe_spectral_norm(conv, self.spectral_norm, train)(x)
-      x = nn.leaky_relu(x, self.negative_slope)
-      x = Dropout(self.dropout, deterministic=not train)(x)
+    features = strided_trunk(self, x, train)
     return DiscriminatorHead(self.num_classes, self.conditioning, self.spectral_norm,
-                             self.dtype)(x.reshape(x.shape[0], -1), labels, train)
+                             self.dtype)(features, labels, train)
+
+
+def strided_trunk(module, x: jax.Array, train: bool) -> jax.Array:
+  """The discriminator's strided convolutions (leaky ReLU, dropout) as features [B, D],
+  built in `module`'s compact call from its fields (so the layers are named in it)."""
+  k = (module.kernel_size, module.kernel_size)
+  for width in module.features:
+    conv = Conv(width, k, strides=(2, 2), dtype=module.dtype)
+    x = maybe_spectral_norm(conv, module.spectral_norm, train)(x)
+    x = nn.leaky_relu(x, module.negative_slope)
+    x = Dropout(module.dropout, deterministic=not train)(x)
+  return x.reshape(x.shape[0], -1)
 
 
 FAMILY = "gan"

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from gen import UsageError, checks
 from gen.models import dcgan
-from gen.models.layers import Conv, DiscriminatorHead, Dropout, maybe_spectral_norm
+from gen.models.layers import DiscriminatorHead
 
 
 class Discriminator(nn.Module):
@@ -34,13 +34,8 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = True):
-    kernel = (self.kernel_size, self.kernel_size)
     act = lambda h: nn.leaky_relu(h, self.negative_slope)
-    for width in self.features:
-      conv = Conv(width, kernel, strides=(2, 2), dtype=self.dtype)
-      x = Dropout(self.dropout, deterministic=not train)(
-          act(maybe_spectral_norm(conv, self.spectral_norm, train)(x)))
-    trunk = x.reshape(x.shape[0], -1)
+    trunk = dcgan.strided_trunk(self, x, train)
     logits, _ = DiscriminatorHead(0, "none", self.spectral_norm, self.dtype)(trunk, None, train)
     q = act(nn.Dense(self.q_hidden, dtype=self.dtype, name="q_hidden")(trunk))
     q = nn.Dense(self.categorical + 2 * self.continuous, dtype=self.dtype, name="q_out")(q)
