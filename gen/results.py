@@ -132,6 +132,9 @@ def headline(results: list[dict], step: str | None = None) -> str:
   if have("label_accuracy"):
     parts.append(f"{_stat([100 * v for v in values('label_accuracy')], 1, True)} of samples are "
                  f"the requested digit")
+  if have("code_accuracy"):
+    parts.append(f"categorical code accuracy after matching "
+                 f"{_stat([100 * v for v in values('code_accuracy')], 1, True)}")
   if have("fd"):
     parts.append(f"classifier FD {_stat(values('fd'))}, precision {_stat(values('precision'), 2)}"
                  f", recall {_stat(values('recall'), 2)}")
