@@ -3,13 +3,18 @@
   python benchmarks/compare.py [--experiments=dcgan_mnist,vae_mnist] [--batch_size=128]
                                [--steps=30] [--repeats=3] [--output=benchmarks/results.md]
                                [--readme=README.md] [--torch_channels_last]
+  python benchmarks/compare.py --experiments=gpt_pydoc_tiny --batch_size=0     # tokens/s
+  python benchmarks/compare.py --experiments=gpt_pydoc_tiny --train --repeats=1  # and quality
 
-Each repeat runs `python -m gen.bench` and then benchmarks/torch_reference.py for every
-experiment, each in a fresh process; the table reports the medians over repeats and the range.
+Each repeat runs `python -m gen.bench` and then the experiment's PyTorch reference
+(benchmarks/torch_gpt.py for GPT experiments, benchmarks/torch_reference.py for the others)
+for every experiment, each in a fresh process; the table reports the medians over repeats and the range.
 Alternating the two spreads any drift in the machine's load over both. The table is one block
 of benchmarks/results.md, headed by the CPU it ran on (model, vector extensions, cores) and the
 library versions: a run on another kind of CPU adds its own block, a run on the same kind
-replaces it; with --readme, the README's Performance blocks (between `<!-- performance:begin
+replaces it. `--train` (GPT experiments) also trains each side for the config's num_steps
+from its defaults, seed r in repeat r, alternating, and adds a table of the validation
+losses (gen's `likelihood` group; the reference on the same windows). With --readme, the README's Performance blocks (between `<!-- performance:begin
 -->` and `<!-- performance:end -->`) are rewritten from results.md.
 """
 import argparse
@@ -24,7 +29,21 @@ from importlib import metadata
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-REFERENCE = HERE / "torch_reference.py"
+# The PyTorch reference of an experiment's model (by config.model.name); the default otherwise.
+REFERENCES = {"gpt": HERE / "torch_gpt.py"}
+DEFAULT_REFERENCE = HERE / "torch_reference.py"
+
+
+def reference(experiment: str) -> pathlib.Path:
+  sys.path.insert(0, str(ROOT))
+  from gen import cli
+  return REFERENCES.get(cli.load_config(experiment).model.name, DEFAULT_REFERENCE)
+
+
+def throughput_key(reference_result: dict) -> str:
+  """The reference's one `<unit>_per_sec` number (images or tokens); gen.bench has it too."""
+  (key,) = [k for k in reference_result if k.endswith("_per_sec")]
+  return key
 
 
 def _last_json(stdout: str) -> dict:
@@ -65,11 +84,12 @@ def _range(values, fmt="{:.0f}") -> str:
 
 
 def table(rows: list[dict]) -> str:
-  lines = ["| experiment | batch | gen img/s | PyTorch img/s | gen / PyTorch | gen MFU |",
-           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  lines = ["| experiment | batch | unit | gen /s | PyTorch /s | gen / PyTorch | gen MFU |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
   for row in rows:
     ratios = [g / t for g, t in zip(row["gen"], row["torch"])]
-    lines.append(f"| {row['experiment']} | {row['batch_size']} | {_range(row['gen'])} "
+    lines.append(f"| {row['experiment']} | {row['batch_size']} | {row['unit']} "
+                 f"| {_range(row['gen'])} "
                  f"| {_range(row['torch'])} | {_range(ratios, '{:.2f}x')} "
                  f"| {_format_mfu(row['mfu'])} |")
   return "\n".join(lines)
@@ -93,15 +113,50 @@ def rewrite_readme(readme: pathlib.Path, results: str) -> None:
   readme.write_text(text[:start] + "\n" + results.strip() + "\n" + text[end:])
 
 
+def train_gen(experiment: str, seed: int, env: dict) -> dict:
+  """gen's validation loss after training `experiment` from its defaults with `seed`."""
+  import tempfile
+  import time
+  sys.path.insert(0, str(ROOT))
+  from gen import report
+  with tempfile.TemporaryDirectory(prefix="gen-compare-") as workdir:
+    command = [sys.executable, "-m", "gen.main", f"--config={ROOT}/experiments/{experiment}.py",
+               f"--workdir={workdir}", f"--config.seed={seed}"]
+    print(f"$ {' '.join(command)}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+      print(f"gen.main failed (exit status {result.returncode}).\n{result.stderr[-5000:]}",
+            file=sys.stderr)
+      sys.exit(result.returncode or 1)
+    evals = report.read_evals(workdir)
+    return {"validation_loss": evals[max(evals)]["loss"], "steps": max(evals),
+            "run_seconds": seconds}
+
+
+def quality_table(rows: list[dict]) -> str:
+  lines = ["| experiment | steps | seed | gen validation loss | PyTorch validation loss "
+           "| gen - PyTorch (nats) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  for row in rows:
+    gen_loss, torch_loss = row["gen"]["validation_loss"], row["torch"]["validation_loss"]
+    lines.append(f"| {row['experiment']} | {row['gen']['steps']} | {row['seed']} "
+                 f"| {gen_loss:.4f} | {torch_loss:.4f} | {gen_loss - torch_loss:+.4f} |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--experiments", nargs="+", default=["dcgan_mnist", "vae_mnist"],
                       help="names, space- or comma-separated")
-  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--batch_size", type=int, default=128,
+                      help="0: each experiment's own config.batch_size")
   parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
   parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each side")
   parser.add_argument("--output", default=str(HERE / "results.md"))
   parser.add_argument("--readme", default="", help="also rewrite this README's Performance blocks")
+  parser.add_argument("--train", action="store_true",
+                      help="GPT experiments: also train both sides and compare validation losses")
   parser.add_argument("--torch_channels_last", action="store_true",
                       help="run the PyTorch references in NHWC memory format, like gen")
   args = parser.parse_args(argv)
@@ -112,29 +167,50 @@ def main(argv=None):
   env = dict(os.environ)
   # Both sides on the CPU unless the caller chose otherwise: the comparison is per machine.
   env.setdefault("JAX_PLATFORMS", "cpu")
-  flags = [f"--batch_size={args.batch_size}", f"--steps={args.steps}", "--json"]
-  torch_flags = flags + (["--channels_last"] if args.torch_channels_last else [])
-  flags.append("--nolaunches")
+  flags = [f"--steps={args.steps}", "--json"]
+  if args.batch_size:
+    flags.append(f"--batch_size={args.batch_size}")
+  references = {e: reference(e) for e in experiments}
   runs = {(e, side): [] for e in experiments for side in ("gen", "torch")}
   for repeat in range(args.repeats):
     for experiment in experiments:
-      runs[experiment, "gen"].append(
-          _run("gen.bench", [sys.executable, "-m", "gen.bench", experiment, *flags], env))
+      torch_flags = flags + (["--channels_last"] if args.torch_channels_last
+                             and references[experiment] == DEFAULT_REFERENCE else [])
+      runs[experiment, "gen"].append(_run(
+          "gen.bench", [sys.executable, "-m", "gen.bench", experiment, *flags, "--nolaunches"],
+          env))
       runs[experiment, "torch"].append(_run(
-          "torch_reference", [sys.executable, str(REFERENCE), experiment, *torch_flags], env))
+          references[experiment].stem,
+          [sys.executable, str(references[experiment]), experiment, *torch_flags], env))
+      key = throughput_key(runs[experiment, "torch"][-1])
       print(f"repeat {repeat + 1}/{args.repeats} {experiment}: "
-            f"gen {runs[experiment, 'gen'][-1]['images_per_sec']:.0f} img/s, "
-            f"PyTorch {runs[experiment, 'torch'][-1]['images_per_sec']:.0f} img/s",
+            f"gen {runs[experiment, 'gen'][-1][key]:.0f}, "
+            f"PyTorch {runs[experiment, 'torch'][-1][key]:.0f} {key.replace('_per_sec', '/s')}",
             file=sys.stderr, flush=True)
 
   rows = []
   for experiment in experiments:
-    gen_runs = runs[experiment, "gen"]
+    gen_runs, torch_runs = runs[experiment, "gen"], runs[experiment, "torch"]
+    key = throughput_key(torch_runs[0])
     mfus = [r["mfu"] for r in gen_runs if r.get("mfu") is not None]
-    rows.append({"experiment": experiment, "batch_size": args.batch_size,
-                 "gen": [r["images_per_sec"] for r in gen_runs],
-                 "torch": [r["images_per_sec"] for r in runs[experiment, "torch"]],
+    rows.append({"experiment": experiment, "unit": key.removesuffix("_per_sec"),
+                 "batch_size": torch_runs[0]["batch_size"],
+                 "gen": [r[key] for r in gen_runs], "torch": [r[key] for r in torch_runs],
                  "mfu": statistics.median(mfus) if mfus else None})
+  quality = []
+  if args.train:
+    for repeat in range(args.repeats):
+      for experiment in experiments:
+        gen_result = train_gen(experiment, repeat, env)
+        torch_result = _run(references[experiment].stem, [
+            sys.executable, str(references[experiment]), experiment, "--train",
+            f"--seed={repeat}", "--json"], env)
+        quality.append({"experiment": experiment, "seed": repeat, "gen": gen_result,
+                        "torch": torch_result})
+        print(f"seed {repeat} {experiment}: validation loss gen "
+              f"{gen_result['validation_loss']:.4f}, PyTorch "
+              f"{torch_result['validation_loss']:.4f}", file=sys.stderr, flush=True)
+
   from gen import bench
   versions = ", ".join(f"{name} {metadata.version(name)}"
                        for name in ("jax", "jaxlib", "flax", "torch"))
@@ -143,6 +219,9 @@ def main(argv=None):
             f"({'NHWC' if args.torch_channels_last else 'NCHW'}); {versions}; "
             f"`{' '.join(['python', 'benchmarks/compare.py', *(argv or sys.argv[1:])])}`."
             f"\n\n{table(rows)}\n")
+  if quality:
+    report += ("\nValidation loss after training from the defaults (nats per token, every "
+               f"validation window):\n\n{quality_table(quality)}\n")
   print(report)
   output = pathlib.Path(args.output)
   merged = merge_block(output, bench.describe_cpu(), report)

@@ -2,8 +2,8 @@
 experiments: to time its train step beside gen's, and to train it on the same corpus and split.
 
   python benchmarks/torch_gpt.py gpt_pydoc_tiny [--batch_size=B] [--steps=30] [--json]
-  python benchmarks/torch_gpt.py gpt_pydoc_tiny --train [--json]     # num_steps on pydoc, then
-                                                                     # the validation loss
+  python benchmarks/torch_gpt.py gpt_pydoc_tiny --train [--seed=S] [--json]  # num_steps on
+                                                                 # pydoc, then the validation loss
 
 The model is nanoGPT's model.py (token and position embeddings, pre-LayerNorm blocks with
 `F.scaled_dot_product_attention(is_causal=True)`, GELU MLP, tied output, bias optional, GPT-2's
@@ -210,12 +210,15 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--train", action="store_true", help="train num_steps, report val loss")
   parser.add_argument("--num_steps", type=int, default=None, help="--train: default the config's")
+  parser.add_argument("--seed", type=int, default=None, help="--train: default the config's")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   from gen import cli
   config = cli.load_config(args.experiment)
   if args.num_steps:
     config.num_steps = args.num_steps
+  if args.seed is not None:
+    config.seed = args.seed
   batch_size = args.batch_size or config.batch_size
   if args.train:
     result = train(config, batch_size)
