@@ -72,6 +72,11 @@ def _run(name: str, command: list[str], env: dict) -> dict:
   sys.exit(result.returncode or 1)
 
 
+def versions(names) -> str:
+  """"jax 0.10.2, jaxlib 0.10.2, ...": the installed versions of these packages."""
+  return ", ".join(f"{name} {metadata.version(name)}" for name in names)
+
+
 def _format_mfu(mfu) -> str:
   # gen.bench reports MFU as a fraction of peak; None or missing when the peak is unknown.
   return "n/a" if mfu is None else f"{100 * float(mfu):.1f}%"
@@ -212,11 +217,10 @@ def main(argv=None):
               f"{torch_result['validation_loss']:.4f}", file=sys.stderr, flush=True)
 
   from gen import bench
-  versions = ", ".join(f"{name} {metadata.version(name)}"
-                       for name in ("jax", "jaxlib", "flax", "torch"))
   report = (f"Train-step throughput, medians (and ranges) of {args.repeats} alternating runs of "
             f"{args.steps} steps each; PyTorch eager "
-            f"({'NHWC' if args.torch_channels_last else 'NCHW'}); {versions}; "
+            f"({'NHWC' if args.torch_channels_last else 'NCHW'}); "
+            f"{versions(('jax', 'jaxlib', 'flax', 'torch'))}; "
             f"`{' '.join(['python', 'benchmarks/compare.py', *(argv or sys.argv[1:])])}`."
             f"\n\n{table(rows)}\n")
   if quality:

@@ -137,21 +137,19 @@ def main(argv=None):
                                               for n, v in row.items() if n != "batch"),
           file=sys.stderr, flush=True)
     rows.append(row)
+  import compare
   import torch
-  from importlib import metadata
   m = config.model
-  versions = ", ".join(f"{name} {metadata.version(name)}"
-                       for name in ("jax", "jaxlib", "torch", "transformers"))
   report = (f"Greedy decoding, {args.new_tokens} new tokens after {args.prompt_tokens}, GPT-2 "
             f"of {m.n_layer} layers x {m.n_embd} ({m.n_head} heads, vocabulary {m.vocab_size}, "
             f"context {m.block_size}), float32; medians of {args.repeats} alternating runs; "
             f"HF `generate` with and without its cache, PyTorch eager with "
-            f"{torch.get_num_threads()} threads; {versions}; "
+            f"{torch.get_num_threads()} threads; "
+            f"{compare.versions(('jax', 'jaxlib', 'torch', 'transformers'))}; "
             f"`{' '.join(['python', 'benchmarks/decode.py', *(argv or sys.argv[1:])])}`."
             f"\n\n{table(rows, list(sides))}\n")
   print(report)
   if args.output:
-    import compare
     output = pathlib.Path(args.output)
     output.write_text(compare.merge_block(output, f"{bench.describe_cpu()}: decoding", report))
     if args.readme:
