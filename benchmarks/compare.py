@@ -228,7 +228,9 @@ def main(argv=None):
                f"validation window):\n\n{quality_table(quality)}\n")
   print(report)
   output = pathlib.Path(args.output)
-  merged = merge_block(output, bench.describe_cpu(), report)
+  # One block per CPU kind and set of experiments: a run of others on the same CPU adds its
+  # own block rather than replacing theirs.
+  merged = merge_block(output, f"{bench.describe_cpu()}: {', '.join(experiments)}", report)
   output.write_text(merged)
   if args.readme:
     rewrite_readme(pathlib.Path(args.readme), merged)
