@@ -81,30 +81,51 @@ def test_every_python_command_names_a_file_or_module_that_exists():
       assert "bench = [" in (ROOT / "pyproject.toml").read_text()
 
 
-# Parses a command's flags as its program does (exit status 2 and one line on a bad flag,
+# Parses each command's flags as its program does (exit status 2 and one line on a bad flag,
 # key or value), then builds its experiment: the devices, data and config checks, no compile.
+# One process per program imports gen once and forks a child per command (a fresh flag
+# state each, and no seconds of imports); the parent starts no JAX backend before forking.
 CHECK = """
-import sys
+import json, os, sys, tempfile
 from absl import flags
+program, commands = sys.argv[1], json.loads(sys.argv[2])
+__import__("gen.bench" if program == "bench" else "gen.main")
 from gen import cli, experiment as experiment_lib
-program, argv = sys.argv[1], sys.argv[2:]
-if program == "bench":
-  import gen.bench
-  argv = cli.experiment_as_config(["bench", *argv])
-else:
-  import gen.main
-  argv = ["main", f"--config=experiments/{argv[0]}.py", *argv[1:]]
-cli.parse_flags(argv)
-from gen import UsageError, bench
-config = cli.CONFIG.value
-try:
-  with bench.dataset_or_mock(config):
-    experiment = experiment_lib.build(config)
-    if program == "main" and flags.FLAGS.labels:
-      experiment.sample_labels(flags.FLAGS.num_samples, [int(x) for x in flags.FLAGS.labels])
-except UsageError as e:
-  cli.fail(str(e))
-print("built", config.model.name)
+
+def check(args):
+  if program == "bench":
+    argv = cli.experiment_as_config(["bench", *args])
+  else:
+    argv = ["main", f"--config=experiments/{args[0]}.py", *args[1:]]
+  sys.argv = argv  # ml_collections finds the --config.<key> overrides there.
+  cli.parse_flags(argv)
+  from gen import UsageError, bench
+  config = cli.CONFIG.value
+  try:
+    with bench.dataset_or_mock(config):
+      experiment = experiment_lib.build(config)
+      if program == "main" and flags.FLAGS.labels:
+        experiment.sample_labels(flags.FLAGS.num_samples, [int(x) for x in flags.FLAGS.labels])
+  except UsageError as e:
+    cli.fail(str(e))
+  return "built " + config.model.name
+
+for args in commands:
+  log = tempfile.TemporaryFile("w+")
+  sys.stdout.flush(); sys.stderr.flush()
+  child = os.fork()
+  if child == 0:
+    os.dup2(log.fileno(), 2)
+    try:
+      outcome, code = check(args), 0
+    except SystemExit as e:
+      outcome, code = "failed", e.code if isinstance(e.code, int) else 1
+    print(json.dumps([args, outcome]), flush=True)
+    sys.stderr.flush()
+    os._exit(code)
+  _, status = os.waitpid(child, 0)
+  log.seek(0)
+  print(json.dumps([args, os.waitstatus_to_exitcode(status), log.read()[-3000:]]), flush=True)
 """
 
 
@@ -123,24 +144,48 @@ WITH_ARGUMENTS = [c for c in launch_commands()
                   and len(c.split()) > 2]
 
 
-@pytest.mark.parametrize("command", [c for c in launch_commands()
-                                     if c.startswith("./launch.sh results")])
+@pytest.mark.parametrize("command", [c for c in readme_commands()
+                                     if c.startswith("python -m gen.results")])
 def test_readme_results_command_parses(command):
-  result = subprocess.run([sys.executable, "-m", "gen.results", *command.split()[2:], "--helpshort"],
-                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+  args = [a for a in command.split()[3:] if a != "..."]
+  parse = ("import sys; from absl import flags; from gen import results; results.define_flags(); "
+           "flags.FLAGS(sys.argv)")
+  result = subprocess.run([sys.executable, "-c", parse, *args], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, (command, result.stderr[-2000:])
 
 
-@pytest.mark.parametrize("command", WITH_ARGUMENTS)
-def test_readme_command_parses_and_builds(command):
+def _program_and_args(command: str) -> tuple[str, list[str]]:
   args = command.split()[1:]
-  program = "bench" if args[0] == "bench" else "main"
-  args = args[1:] if program == "bench" else args
-  assert (ROOT / "experiments" / f"{args[0]}.py").is_file(), command
+  return ("bench", args[1:]) if args[0] == "bench" else ("main", args)
+
+
+@pytest.fixture(scope="module")
+def built() -> dict:
+  """{command: [its outcome ("built <model>"), exit status, stderr]}."""
   env = {**cli_env(), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-  result = subprocess.run([sys.executable, "-c", CHECK, program, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0 and "built" in result.stdout, (command, result.stderr[-3000:])
+  outcomes = {}
+  for program in ("main", "bench"):
+    commands = {c: _program_and_args(c)[1] for c in WITH_ARGUMENTS
+                if _program_and_args(c)[0] == program}
+    result = subprocess.run([sys.executable, "-c", CHECK, program,
+                             json.dumps(list(commands.values()))], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    done = {}
+    for line in result.stdout.splitlines():
+      args, *rest = json.loads(line)
+      done.setdefault(tuple(args), []).extend(rest)  # The child's outcome, then its exit.
+    for command, args in commands.items():
+      outcomes[command] = done.get(tuple(args), [f"not reached: {result.stderr[-3000:]}"])
+  return outcomes
+
+
+@pytest.mark.parametrize("command", WITH_ARGUMENTS)
+def test_readme_command_parses_and_builds(command, built):
+  program, args = _program_and_args(command)
+  assert (ROOT / "experiments" / f"{args[0]}.py").is_file(), command
+  outcome = built[command]
+  assert outcome[0].startswith("built") and outcome[1] == 0, (command, *outcome)
 
 
 def test_quick_start_train_sample_eval_report_through_launch_sh(tmp_path):
