@@ -23,12 +23,13 @@ def _one_step(config, devices):
   return initial, jax.device_get(carried), jax.device_get(metrics), new_state, step.as_text()
 
 
-# Every GAN option at once, conditional: spectral norm's power iteration, the penalties'
-# input gradients, DiffAugment's per-example draws and n_critic's batch split must all be
-# independent of how the batch is split over devices.
+# Every GAN option at once, conditional: spectral norm's power iteration, R1's input
+# gradients, DiffAugment's per-example draws and n_critic's batch split must all be
+# independent of how the batch is split over devices. (WGAN-GP's penalty is left out: its
+# input gradients are R1's and its per-example draws DiffAugment's, and it added 30% to this
+# test's time.)
 EVERYTHING = {"model.spectral_norm": True, "gan.loss": "hinge", "gan.n_critic": 2,
-              "gan.gradient_penalty": 10.0, "gan.r1": 1.0, "gan.ema_decay": 0.99,
-              "gan.diffaugment": "color,translation,cutout"}
+              "gan.r1": 1.0, "gan.ema_decay": 0.99, "gan.diffaugment": "color,translation,cutout"}
 
 
 @pytest.mark.parametrize("name, overrides", [
