@@ -27,7 +27,8 @@ def get_config():
   })
   config.gan = gan.options()
   adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
-  config.optimizer = ml_collections.ConfigDict({"generator": dict(adam), "discriminator": dict(adam)})
+  config.optimizer = ml_collections.ConfigDict(
+      {"generator": dict(adam), "discriminator": dict(adam), "schedule": "constant"})
   # The VEEGAN/PacGAN protocol: 2,500 samples, high quality within 3 std of a mode.
   config.eval = ml_collections.ConfigDict({
       "metrics": ("modes",), "split": "test", "num_samples": 2500, "best_metric": "high_quality"})

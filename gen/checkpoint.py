@@ -281,9 +281,18 @@ class Checkpointer:
 
 
 def check_compatible(stored, abstract_state, where: str) -> None:
-  """Raises UsageError naming the first leaf whose shape or dtype differs between a
-  checkpoint's metadata tree and the state this config builds."""
+  """Raises UsageError naming the first leaf that only one of a checkpoint's metadata tree
+  and the state this config builds has, or whose shape or dtype differs between them."""
   stored_leaves = {_name(path): leaf for path, leaf in jax.tree.leaves_with_path(stored)}
+  wanted_names = {_name(path) for path, _ in jax.tree.leaves_with_path(abstract_state)}
+  # A leaf only the checkpoint has (an optimizer with a schedule, restored into one without)
+  # would fail Orbax's restore as if the files were damaged, and set the checkpoint aside.
+  extra = sorted(set(stored_leaves) - wanted_names)
+  if extra:
+    raise UsageError(
+        f"The checkpoint {where} holds a different model or optimizer: {extra[0]} is there "
+        f"and not in this config's train state. Run with the config it was trained with (its "
+        f"config.json is in the workdir), or use a new --workdir for this config.")
   for path, wanted in jax.tree.leaves_with_path(abstract_state):
     if jax.dtypes.issubdtype(wanted.dtype, jax.dtypes.prng_key):
       continue  # Stored as raw key data, whose shape depends on the PRNG implementation.

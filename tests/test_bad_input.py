@@ -52,6 +52,9 @@ CASES = {
     "sampling a different model": (["--config.model.latent_dim=3", "--mode=sample"], 1,
                                    ["different model",
                                     "modules.generator.params.Dense_0.kernel"]),
+    "sampling with a different optimizer": (["--config.optimizer.schedule=linear",
+                                             "--mode=sample"], 1,
+                                            ["different model", "opt_state.1.count is missing"]),
 }
 
 

@@ -244,6 +244,22 @@ def test_corrupted_array_data_is_caught_and_the_previous_checkpoint_restored(
   assert os.listdir(tmp_path / "damaged" / "checkpoints_unreadable") == ["4"]
 
 
+def test_a_checkpoint_with_more_optimizer_state_is_a_different_config_not_damage(
+    tmp_path, single_device_mesh):
+  # The same shapes everywhere, and one more leaf in the checkpoint (the schedule's count):
+  # Orbax's restore fails on it as on damaged files, and it used to be set aside.
+  config = lambda schedule: override(tiny(load_config("gan_ring2d")), {
+      "num_steps": 2, "checkpoint_every": 2, "optimizer.schedule": schedule})
+  train.train(config("linear"), str(tmp_path), single_device_mesh)
+  experiment = experiment_lib.build(config("constant"), single_device_mesh)
+  with checkpoint.Checkpointer(str(tmp_path / "checkpoints")) as checkpointer:
+    with pytest.raises(UsageError, match=r"different model or optimizer: "
+                                         r"modules\.discriminator\.opt_state\.1\.count is there"):
+      checkpointer.restore(experiment.abstract_state())
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+  assert not (tmp_path / "checkpoints_unreadable").exists()
+
+
 def test_restored_digests_and_finiteness_are_checked(tmp_path, single_device_mesh):
   from gen.checkpoint import Unreadable, _check_restored, digests
   state = jax.device_get(experiment_lib.build(tiny(load_config("gan_ring2d")),
