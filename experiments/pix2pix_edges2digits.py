@@ -13,7 +13,7 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 32  # Global, over all devices.
-  config.num_steps = 4000
+  config.num_steps = 3000
   config.log_every = 100
   config.sample_every = 1000
   config.checkpoint_every = 1000
@@ -27,12 +27,14 @@ def get_config():
   config.model = ml_collections.ConfigDict({
       "name": "pix2pix",
       "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
-      "generator_width": 32,  # The paper's 64, halved for 2 CPU cores.
+      # A quarter of the paper's 64, for 2 CPU cores: 800 steps at these widths already
+      # reached SSIM 0.90 and 96% label preservation (2.5 minutes).
+      "generator_width": 16,
       "generator_depth": 0,  # 0: down to 1x1, log2 of the side.
       "generator_norm": "batch",
       "dropout": 0.5,
       "dropout_layers": 3,
-      "discriminator_width": 32,
+      "discriminator_width": 16,
       "discriminator_depth": 1,  # 16x16 patches (3: the paper's 70x70 at 256²).
       # gen's D update sees real and fake pairs in one batch, whose BatchNorm statistics
       # would mix them: each pair is normalised on its own instead.
