@@ -19,8 +19,11 @@ from gen.families import pix2pix
 from gen.models import pix2pix as pix2pix_model
 from test_metrics import _ssim_reference
 
+# Three U-Net levels rather than five (32 down to 4x4): compiling is most of this file's
+# time, and tests/test_experiments.py trains the experiment's own five.
 TINY = {"batch_size": 8, "log_every": 1, "sample_every": 1000, "checkpoint_every": 1000,
-        "model.generator_width": 4, "model.discriminator_width": 4}
+        "model.generator_width": 4, "model.discriminator_width": 4,
+        "model.generator_depth": 3, "model.dropout_layers": 2}
 
 
 def tiny_config(**overrides):
@@ -90,7 +93,7 @@ def _model(name, config, shape):
 
 
 def test_the_unet_goes_down_to_1x1_and_its_dropout_is_its_noise():
-  config = tiny_config()
+  config = tiny_config(**{"model.generator_depth": 0, "model.dropout_layers": 3})
   for side, depth in ((32, 5), (64, 6)):
     unet = _model("generator", config, (side, side, 3))
     assert unet.features == tuple(4 * min(2**i, 8) for i in range(depth))
@@ -98,16 +101,19 @@ def test_the_unet_goes_down_to_1x1_and_its_dropout_is_its_noise():
                            jax.ShapeDtypeStruct((2, side, side, 1), jnp.float32)).shape
     assert shape == (2, side, side, 3)
   unet = _model("generator", config, (32, 32, 3))
+
+  def outputs(x):
+    """G(x) without dropout and with it, each from two dropout keys."""
+    variables = unet.init(jax.random.key(1), x, train=False)
+    return [[unet.apply(variables, x, train=False, dropout_noise=noise,
+                        rngs={"dropout": jax.random.key(k)}) for k in (2, 3)]
+            for noise in (False, True)]
+
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1), minval=-1, maxval=1)
-  variables = unet.init(jax.random.key(1), x, train=False)
-  apply = jax.jit(lambda x, key, noise: unet.apply(variables, x, train=False, dropout_noise=noise,
-                                                   rngs={"dropout": key}),
-                  static_argnums=2, compiler_options=UNOPTIMIZED)
-  y = apply(x, jax.random.key(2), False)
-  assert y.shape == (2, 32, 32, 3) and np.abs(y).max() <= 1
-  np.testing.assert_array_equal(apply(x, jax.random.key(3), False), y)
-  noisy = [apply(x, jax.random.key(k), True) for k in (2, 3)]
-  assert np.abs(noisy[0] - noisy[1]).max() > 1e-3 and np.abs(noisy[0] - y).max() > 1e-3
+  (plain, plain_again), noisy = jax.jit(outputs, compiler_options=UNOPTIMIZED)(x)
+  assert plain.shape == (2, 32, 32, 3) and np.abs(plain).max() <= 1
+  np.testing.assert_array_equal(plain_again, plain)
+  assert np.abs(noisy[0] - noisy[1]).max() > 1e-3 and np.abs(noisy[0] - plain).max() > 1e-3
 
 
 @pytest.mark.parametrize("depth, expected", [(1, 16), (2, 34), (3, 70)])
@@ -117,14 +123,17 @@ def test_patchgan_logits_see_a_square_of_the_receptive_field(depth, expected):
   # Without normalisation: an InstanceNorm's statistics reach over the whole image.
   config = tiny_config(**{"model.discriminator_depth": depth, "model.discriminator_norm": "none"})
   patchgan = _model("discriminator", config, (side, side, 1))
+  cells, centre = side // 2**depth, side // 2**depth // 2
+
+  def centre_gradient(pairs):
+    """(logits, the gradient of the centre patch's logit with respect to the pair)."""
+    variables = patchgan.init(jax.random.key(1), pairs, None, train=False)
+    logits = lambda p: patchgan.apply(variables, p, None, train=False)
+    return logits(pairs), jax.grad(lambda p: logits(p)[0][0, centre, centre])(pairs)
+
   pairs = jax.random.normal(jax.random.key(0), (1, side, side, 2))
-  variables = patchgan.init(jax.random.key(1), pairs, None, train=False)
-  logits, class_logits = patchgan.apply(variables, pairs, None, train=False)
-  cells = side // 2**depth
+  (logits, class_logits), grad = jax.jit(centre_gradient, compiler_options=UNOPTIMIZED)(pairs)
   assert logits.shape == (1, cells, cells) and class_logits is None
-  centre = cells // 2
-  grad = jax.jit(jax.grad(lambda p: patchgan.apply(variables, p, None, train=False)[0][
-      0, centre, centre]), compiler_options=UNOPTIMIZED)(pairs)
   rows, cols = np.nonzero(np.abs(np.asarray(grad[0])).sum(-1))
   assert rows.max() - rows.min() + 1 == expected and cols.max() - cols.min() + 1 == expected
 
@@ -145,9 +154,14 @@ def test_diffaugment_transforms_both_images_of_a_pair_alike():
                      for _ in range(2))
   discriminate = lambda channels: gan_family.make_discriminator(
       _Identity(), None, config, image_channels=channels)[0]
-  key = jax.random.key(3)
-  seen, _, _ = discriminate((1, 1))({}, {}, pix2pix.pair(inputs, outputs), None, key)
-  alone = [discriminate(())({}, {}, images, None, key)[0] for images in (inputs, outputs)]
+
+  def augmented(inputs, outputs, key):
+    """What D sees of the pair, and of each image augmented alone with the same key."""
+    seen, _, _ = discriminate((1, 1))({}, {}, pix2pix.pair(inputs, outputs), None, key)
+    return seen, [discriminate(())({}, {}, images, None, key)[0] for images in (inputs, outputs)]
+
+  seen, alone = jax.jit(augmented, compiler_options=UNOPTIMIZED)(inputs, outputs,
+                                                                 jax.random.key(3))
   np.testing.assert_allclose(seen[..., :1], alone[0], atol=1e-6)
   np.testing.assert_allclose(seen[..., 1:], alone[1], atol=1e-6)
   assert np.abs(alone[0] - inputs).max() > 0.1  # Something was done to them.
@@ -160,7 +174,8 @@ def test_diffaugment_transforms_both_images_of_a_pair_alike():
     ({"model.generator_norm": "group"}, r"config.model.generator_norm='group' must be one of"),
     ({"model.discriminator_norm": "batch", "gan.r1": 1.0}, "BatchNorm discriminator mixes"),
     ({"model.generator_depth": 6}, r"generator_depth=6: .* divisible by 64, got \(32, 32\)"),
-    ({"model.dropout_layers": 5}, r"config.model.dropout_layers=5: the U-Net has 4 decoder"),
+    ({"model.generator_depth": 0, "model.dropout_layers": 5},
+     r"config.model.dropout_layers=5: the U-Net has 4 decoder"),
     ({"model.discriminator_depth": 0}, r"discriminator_depth=0 must be an integer of at least 1"),
     ({"pix2pix.adversarial_weight": -0.5}, r"config.pix2pix.adversarial_weight=-0.5 must be in"),
 ])
@@ -170,8 +185,7 @@ def test_bad_values_fail_before_compiling(overrides, message, single_device_mesh
 
 
 def test_unpaired_data_fails_naming_the_fields(single_device_mesh):
-  experiment = experiment_lib.build(tiny_config(**{"dataset.name": "digits",
-                                                   "model.dropout_layers": 2}), single_device_mesh)
+  experiment = experiment_lib.build(tiny_config(**{"dataset.name": "digits"}), single_device_mesh)
   with pytest.raises(UsageError, match=r"pix2pix needs paired data.*digits has only \['label', 'x'\]"):
     experiment.init_state()
 
@@ -195,7 +209,8 @@ def test_translation_metrics_of_the_targets_themselves(single_device_mesh, monke
   assert results["ssim"] == pytest.approx(1.0, abs=1e-6) and results["psnr"] == np.inf
   # gen's digits classifier on the 32x32 targets pooled 4x4 back to 8x8, computed here.
   pooled = examples["x"].reshape(-1, 8, 4, 8, 4, 1).mean(axis=(2, 4))
-  probabilities, _ = classifiers.make_predict(classifiers.load_or_train("digits"))(pooled)
+  predict = classifiers.make_predict(classifiers.load_or_train("digits"))
+  probabilities = evaluate.features(predict, pooled, 500, single_device_mesh)["probabilities"]
   accuracy = float(np.mean(np.argmax(probabilities, -1) == examples["label"]))
   assert accuracy > 0.97
   assert results["label_preservation"] == pytest.approx(accuracy)
