@@ -13,7 +13,8 @@ code computes it, with λ `config.pix2pix.l1_weight` (100, the paper's) and w_ad
 `adversarial_weight` (1). The adversarial losses, R1 and WGAN-GP penalties, DiffAugment
 (applied alike to both images of a pair), spectral normalisation and the generator's EMA come
 from `config.gan` through gen.families.gan's discriminator side (n_critic must be 1: one pair
-batch a step). The paper's dropout is G's only noise, kept on when translating
+batch a step; R1 and WGAN-GP take D's gradient with respect to the whole pair, whose input
+half is the same in real and fake pairs). The paper's dropout is G's only noise, kept on when translating
 (`config.pix2pix.inference_dropout`); BatchNorm uses its running averages there.
 
 Data: a paired dataset, whose examples hold "input" (a) and "x" (the target b), e.g.
