@@ -157,6 +157,64 @@ def edges2digits(split: str) -> Dataset:
                  lambda idx: {"input": inputs[idx], "x": x[idx], "label": labels[idx]})
 
 
+# digits2styled's domain B: strokes dilated by a 3x3 maximum (about 2 pixels thicker at
+# 32x32), drawn in yellow on dark blue. A per-pixel colour map of domain A cannot make it,
+# since thickening a stroke needs its neighbours.
+STYLED_STROKE = np.array([1.0, 0.85, 0.1])
+STYLED_BACKGROUND = np.array([0.1, 0.15, 0.5])
+STYLED_DILATION = 3
+
+
+def digit_style(digits: np.ndarray) -> np.ndarray:
+  """Domain B of `digits2styled`: grey digits [N, H, W] in [0, 1] -> [N, H, W, 3] in [0, 1],
+  dilated by a STYLED_DILATION-square maximum (the border extended), then coloured
+  background + t·(stroke − background) at each pixel's dilated intensity t."""
+  from scipy.ndimage import maximum_filter
+  thick = maximum_filter(digits, size=(1, STYLED_DILATION, STYLED_DILATION), mode="nearest")
+  return STYLED_BACKGROUND + thick[..., None] * (STYLED_STROKE - STYLED_BACKGROUND)
+
+
+def undo_digit_style(images: np.ndarray) -> np.ndarray:
+  """A grey digit [N, H, W, 1] in [0, 1] read back from a styled one [N, H, W, 3] in [0, 1]:
+  the colour's position t between background and stroke, eroded by the dilation's square
+  (a morphological opening of the dilated digit, close to the original strokes), so that a
+  classifier of plain digits can read it."""
+  from scipy.ndimage import minimum_filter
+  direction = STYLED_STROKE - STYLED_BACKGROUND
+  t = np.clip((images - STYLED_BACKGROUND) @ direction / (direction @ direction), 0.0, 1.0)
+  thin = minimum_filter(t, size=(1, STYLED_DILATION, STYLED_DILATION), mode="nearest")
+  return thin[..., None]
+
+
+def digits2styled(split: str) -> Dataset:
+  """Unpaired image-to-image data made from scikit-learn's digits, as horse2zebra is from
+  photos: domain A ("input") the digits enlarged 4x bilinearly to 32x32, grey on 3 equal
+  channels; domain B ("x") digits in `digit_style` (thick, coloured), both in [-1, 1].
+
+  train: the split's digits in a fixed random order; the first half are domain A, the other
+    half, different digits, domain B, so the two sets share no image. Row i pairs A image i
+    with B image i, unrelated to it ("label" is the A image's).
+  test: each test digit a as "input" and its true translation style(a) as "x" (read the
+    other way, the pairs of the inverse translation), with the digit's "label".
+  The same 80/20 split as `digits`."""
+  images, labels = _digits_split(split)
+  enlarged = upsample_bilinear(images, EDGES2DIGITS_SCALE)
+  if split == "train":
+    order = np.random.default_rng(_SPLIT_SEED).permutation(len(enlarged))
+    half = len(order) // 2
+    a_rows, b_rows = order[:half], order[half:2 * half]
+  else:
+    a_rows = b_rows = np.arange(len(enlarged))
+  inputs = np.repeat(enlarged[a_rows, ..., None], 3, axis=-1) * 2.0 - 1.0
+  x = digit_style(enlarged[b_rows]) * 2.0 - 1.0
+  inputs, x = (np.ascontiguousarray(v, np.float32) for v in (inputs, x))
+  labels = np.asarray(labels[a_rows], np.int32)
+  spec = {**examples_spec(x.shape[1:]), "input": jax.ShapeDtypeStruct(inputs.shape[1:],
+                                                                      np.dtype(np.float32))}
+  return Dataset("digits2styled", spec, len(x), 10,
+                 lambda idx: {"input": inputs[idx], "x": x[idx], "label": labels[idx]})
+
+
 def ring_means(radius: float = 2.0, num_modes: int = 8) -> np.ndarray:
   """[8, 2] means on a circle: (cos 2πi/8, sin 2πi/8)·r, i = 0..7 (no repeated mode)."""
   angles = 2 * np.pi * np.arange(num_modes) / num_modes
@@ -242,11 +300,12 @@ def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
 DATASETS: dict[str, Callable[[Any, str], Dataset] | str] = {
     "digits": lambda config, split: digits(split),
     "edges2digits": lambda config, split: edges2digits(split),
+    "digits2styled": lambda config, split: digits2styled(split),
     **{name: (lambda config, split, name=name: mixture(name, split)) for name in MIXTURES},
     **{name: "gen.text" for name in ("pydoc", "tiny_shakespeare", "lm1b")},
 }
 # The datasets that need no download (gen.results runs the experiments on them).
-OFFLINE = {"digits", "edges2digits", *MIXTURES, "pydoc"}
+OFFLINE = {"digits", "edges2digits", "digits2styled", *MIXTURES, "pydoc"}
 
 
 def register(name: str, load_fn: Callable[[Any, str], Dataset]) -> None:
