@@ -193,8 +193,8 @@ def test_unpaired_data_fails_naming_the_fields(single_device_mesh):
 def _translation_group(config, mesh, monkeypatch, translate):
   """The `translation` group of `config`, its translations replaced by `translate(inputs)`."""
   experiment = experiment_lib.build(config, mesh)
-  monkeypatch.setattr(pix2pix, "translator", lambda experiment: lambda state, inputs, key:
-                      translate(inputs))
+  monkeypatch.setattr(pix2pix, "translator", lambda experiment, function="translate":
+                      lambda state, inputs, key: translate(inputs))
   split = data.load(config.dataset, config.eval.split)
   context = evaluate.EvalContext(experiment, split, None, None)
   return pix2pix.eval_groups["translation"].make(context), split.read(np.arange(split.num_examples))

@@ -171,12 +171,13 @@ def make_functions(models, config):
   return {"translate": make_translate(models, config)}
 
 
-def translator(experiment):
-  """translate(state, inputs [N, ...] NumPy in model space, key) -> NumPy outputs [N, ...],
-  compiled once, in batches of the config's size over the mesh (the last padded with its
-  final input); batch i's dropout uses fold_in(key, i)."""
+def translator(experiment, function: str = "translate"):
+  """translate(state, inputs [N, ...] NumPy in model space, key) -> NumPy outputs [N, ...]:
+  the family's function `function` (translate(state, inputs, key)), compiled once, in
+  batches of the config's size over the mesh (the last padded with its final input); batch
+  i's dropout uses fold_in(key, i)."""
   batch_size, batched = experiment.config.batch_size, sharding.batch_sharding(experiment.mesh)
-  translate = experiment.jit(experiment.functions["translate"], out_shardings=batched)
+  translate = experiment.jit(experiment.functions[function], out_shardings=batched)
 
   def call(state, inputs, key):
     outputs = []
@@ -300,46 +301,62 @@ def _pooling_factor(shape, classifier_shape, classifier: str) -> int:
   return factor
 
 
-def _translation(context):
-  """psnr and ssim of G(a) against the target b over the evaluation split; with
-  config.eval.classifier, label_preservation: how often that gen classifier, given G(a)
-  average-pooled to its image size, names a's label, beside target_label_accuracy, the same
-  for b itself (the ceiling)."""
-  from gen import classifiers, evaluate  # gen.evaluate builds on the families, not they on it.
-  experiment, split = context.experiment, context.split
-  config = experiment.config
-  batch_spec(config, split)
-  examples = split.read(np.arange(split.num_examples))
-  translate = translator(experiment)
-  classifier = config.eval.get("classifier", "")
-  classify = None
-  if classifier:
-    if not split.num_classes:
-      raise UsageError(f"config.eval.classifier={classifier!r}, but {split.name} has no labels "
-                       f"to preserve: set it to ''.")
-    reference = data.load(ml_collections.ConfigDict({"name": classifier, "split": "test"}))
-    factor = _pooling_factor(split.shape, reference.shape, classifier)
-    predict = classifiers.make_predict(classifiers.load_or_train(classifier), split.num_classes)
+def translation_evaluation(function: str = "translate", inputs: str = "input",
+                           targets: str = "x", readable=None, prefix: str = ""):
+  """make(context) -> evaluate(state) of a translation group: the family's `function`
+  applied to the evaluation split's `inputs`, scored against its `targets` (pix2pix's
+  `translation` is the defaults; CycleGAN scores its two directions with two of these).
 
-    def classify(images):
-      pooled = average_pool(np.asarray(images, np.float32), factor)
-      return evaluate.features(predict, pooled, 500, experiment.mesh)["probabilities"].argmax(-1)
+  Metrics, each named with `prefix`: psnr and ssim of the outputs against the targets; with
+  config.eval.classifier, label_preservation: how often that gen classifier, given an output
+  (made `readable(images)` first where given: images in model space of the classifier's
+  channels) average-pooled to its image size, names the example's label, beside
+  target_label_accuracy, the same for the targets (the ceiling)."""
 
-    target_accuracy = float(np.mean(classify(examples["x"]) == examples["label"]))
+  def make(context):
+    from gen import classifiers, evaluate  # gen.evaluate builds on the families, not they on it.
+    experiment, split = context.experiment, context.split
+    config = experiment.config
+    batch_spec(config, split)
+    examples = split.read(np.arange(split.num_examples))
+    translate = translator(experiment, function)
+    classifier = config.eval.get("classifier", "")
+    classify = None
+    if classifier:
+      if not split.num_classes:
+        raise UsageError(f"config.eval.classifier={classifier!r}, but {split.name} has no "
+                         f"labels to preserve: set it to ''.")
+      reference = data.load(ml_collections.ConfigDict({"name": classifier, "split": "test"}))
+      view = (lambda images: images) if readable is None else readable
+      shape = view(examples[targets][:1]).shape[1:]
+      factor = _pooling_factor(shape, reference.shape, classifier)
+      predict = classifiers.make_predict(classifiers.load_or_train(classifier), split.num_classes)
 
-  def translation(state):
-    key = jax.random.fold_in(jax.random.key(config.seed), 4)
-    outputs = translate(state, examples["input"], key)
-    results = translation_metrics(outputs, examples["x"])
-    if classify is not None:
-      results["label_preservation"] = float(np.mean(classify(outputs) == examples["label"]))
-      results["target_label_accuracy"] = target_accuracy
-    return results
+      def classify(images):
+        pooled = average_pool(np.asarray(view(np.asarray(images, np.float32)), np.float32),
+                              factor)
+        return evaluate.features(predict, pooled, 500,
+                                 experiment.mesh)["probabilities"].argmax(-1)
 
-  return translation
+      target_accuracy = float(np.mean(classify(examples[targets]) == examples["label"]))
+
+    def translation(state):
+      key = jax.random.fold_in(jax.random.key(config.seed), 4)
+      outputs = translate(state, examples[inputs], key)
+      results = translation_metrics(outputs, examples[targets])
+      if classify is not None:
+        results["label_preservation"] = float(np.mean(classify(outputs) == examples["label"]))
+        results["target_label_accuracy"] = target_accuracy
+      return {prefix + name: value for name, value in results.items()}
+
+    return translation
+
+  return make
+
+
+TRANSLATION_METRICS = frozenset({"psnr", "ssim", "label_preservation", "target_label_accuracy"})
 
 
 eval_groups = {
-    "translation": EvalGroup(_translation, ("translate",), frozenset(
-        {"psnr", "ssim", "label_preservation", "target_label_accuracy"})),
+    "translation": EvalGroup(translation_evaluation(), ("translate",), TRANSLATION_METRICS),
 }
