@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 from conftest import UNOPTIMIZED, load_config, override
 from gen import UsageError, data, evaluate, experiment as experiment_lib, losses, sharding, train
@@ -198,20 +199,79 @@ def _leaves(state):
           for x in leaves]
 
 
-def test_resume_with_a_filled_pool_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """tiny cyclegan_digits with 8 pool slots over 8 rows (one each: full after the first step,
+  so later steps swap), trained 3 steps and resumed to 5, and trained 5 straight."""
+  workdir = tmp_path_factory.mktemp("cyclegan")
   mesh = sharding.make_mesh(jax.devices()[:1])
-  # 8 slots over 8 rows: one each, full after the first step, so later steps swap. A
-  # constant rate: the paper's schedule depends on num_steps, which the two runs differ in.
-  config = lambda steps: tiny_config(num_steps=steps, **{"cyclegan.pool_size": 8,
-                                                         "optimizer.schedule": "constant"})
-  first = train.train(config(3), str(tmp_path / "resumed"), mesh)
+  # A constant rate: the paper's schedule depends on num_steps, which the two runs differ in.
+  config = lambda steps: tiny_config(num_steps=steps, sample_every=5, **{
+      "cyclegan.pool_size": 8, "optimizer.schedule": "constant"})
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(experiment_lib.Experiment, "compiler_options", UNOPTIMIZED)
+    first = jax.device_get(train.train(config(3), str(workdir / "resumed"), mesh))
+    resumed = train.train(config(5), str(workdir / "resumed"), mesh)
+    straight = train.train(config(5), str(workdir / "straight"), mesh)
+    yield config(5), workdir, mesh, first, resumed, straight
+
+
+def test_resume_with_a_filled_pool_is_bitwise_equal_to_an_uninterrupted_run(runs):
+  _, _, _, first, resumed, straight = runs
   pool = np.asarray(first.family_state[sharding.PER_ROW]["pool_b"])
   assert pool.shape == (8, 1, 32, 32, 3) and (np.abs(pool).reshape(8, -1).max(1) > 0).all()
-  resumed = train.train(config(5), str(tmp_path / "resumed"), mesh)
-  straight = train.train(config(5), str(tmp_path / "straight"), mesh)
   assert int(resumed.step) == int(straight.step) == 5
   assert int(straight.family_state["pool_filled"]) == 1
   for a, b in zip(_leaves(resumed), _leaves(straight)):
     np.testing.assert_array_equal(a, b)
   # The pool changed after the resume: the comparison covers the swaps.
   assert np.abs(np.asarray(straight.family_state[sharding.PER_ROW]["pool_b"]) - pool).max() > 0
+
+
+def test_snapshots_show_both_cycles_and_sampling_translates_a_to_b(runs, tmp_path):
+  config, workdir, mesh, _, _, straight = runs
+  grid = np.asarray(Image.open(workdir / "straight" / "samples" / "step_5.png").convert("RGB"))
+  assert grid.shape[:2] == (8 * 33 + 1, 12 * 33 + 1)  # 8 rows of 2 sextets of 32x32 images.
+  first = data.digits2styled("train").read(np.arange(1))
+  cell = lambda column: grid[1:33, 1 + 33 * column:33 * (column + 1)]
+  unit = lambda image: np.round((image + 1) * 127.5)
+  np.testing.assert_allclose(cell(0), unit(first["input"][0]), atol=1)
+  np.testing.assert_allclose(cell(3), unit(first["x"][0]), atol=1)
+  samples = experiment_lib.sample(config, str(workdir / "straight"), 4, str(tmp_path / "s.npz"),
+                                  mesh)
+  test = data.digits2styled("test").read(np.arange(4))
+  translate = cyclegan.make_functions(experiment_lib.build(config, mesh).models, config)
+  expected = jax.jit(translate["translate"])(straight, test["input"], None)
+  np.testing.assert_allclose(samples["samples"], (np.asarray(expected) + 1) / 2, atol=1e-5)
+  np.testing.assert_allclose(samples["targets"], (test["x"] + 1) / 2)
+
+
+def test_reflect_conv_is_a_convolution_of_the_reflected_image():
+  from gen.models.layers import ReflectConv
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 3))
+  layer = ReflectConv(4, (3, 3))
+  variables = layer.init(jax.random.key(1), x)
+  y = np.asarray(layer.apply(variables, x), np.float64)
+  kernel = np.asarray(variables["params"]["kernel"], np.float64)
+  padded = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  expected = sum(np.einsum("bhwc,co->bhwo", padded[:, i:i + 6, j:j + 5], kernel[i, j])
+                 for i in range(3) for j in range(3)) + np.asarray(variables["params"]["bias"])
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_resnet_generator_keeps_the_image_size_with_the_papers_layers():
+  from gen.models import cyclegan as cyclegan_model
+  config = tiny_config(**{"model.residual_blocks": 9, "model.generator_width": 64})
+  modules = cyclegan_model.build(config.model, (32, 32, 3))
+  assert set(modules) == set(cyclegan.MODULES)
+  generator = modules["generator"]
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  out, variables = jax.eval_shape(lambda x: generator.init_with_output(jax.random.key(0), x), x)
+  assert out.shape == (2, 32, 32, 3)
+  kernels = {jax.tree_util.keystr(path): leaf.shape for path, leaf in
+             jax.tree_util.tree_leaves_with_path(variables["params"]) if path[-1].key == "kernel"}
+  shapes = sorted(kernels.values())
+  # c7s1-64, d128, d256, 9 blocks of two 3x3 256->256, u128, u64, c7s1-3.
+  assert shapes.count((3, 3, 256, 256)) == 18 and (7, 7, 3, 64) in shapes
+  assert (7, 7, 64, 3) in shapes and (3, 3, 64, 128) in shapes and (3, 3, 128, 256) in shapes
+  assert len(shapes) == 18 + 6
