@@ -228,7 +228,7 @@ def test_resume_with_a_filled_pool_is_bitwise_equal_to_an_uninterrupted_run(runs
   assert np.abs(np.asarray(straight.family_state[sharding.PER_ROW]["pool_b"]) - pool).max() > 0
 
 
-def test_snapshots_show_both_cycles_and_sampling_translates_a_to_b(runs, tmp_path):
+def test_snapshots_show_both_cycles_and_sampling_translates_either_way(runs, tmp_path):
   config, workdir, mesh, _, _, straight = runs
   grid = np.asarray(Image.open(workdir / "straight" / "samples" / "step_5.png").convert("RGB"))
   assert grid.shape[:2] == (8 * 33 + 1, 12 * 33 + 1)  # 8 rows of 2 sextets of 32x32 images.
@@ -244,6 +244,11 @@ def test_snapshots_show_both_cycles_and_sampling_translates_a_to_b(runs, tmp_pat
   expected = jax.jit(translate["translate"])(straight, test["input"], None)
   np.testing.assert_allclose(samples["samples"], (np.asarray(expected) + 1) / 2, atol=1e-5)
   np.testing.assert_allclose(samples["targets"], (test["x"] + 1) / 2)
+  inverse = experiment_lib.sample(config, str(workdir / "straight"), 4, None, mesh, inverse=True)
+  expected = jax.jit(translate["inverse_translate"])(straight, test["x"], None)
+  np.testing.assert_allclose(inverse["samples"], (np.asarray(expected) + 1) / 2, atol=1e-5)
+  np.testing.assert_allclose(inverse["inputs"], (test["x"] + 1) / 2)
+  np.testing.assert_allclose(inverse["targets"], (test["input"] + 1) / 2)
 
 
 def test_reflect_conv_is_a_convolution_of_the_reflected_image():

@@ -34,7 +34,7 @@ Data: an unpaired dataset whose training rows hold an A image "input" and an unr
 image "x", of the same shape, e.g. `digits2styled`; its evaluation split holds each A
 image's true translation. Evaluation: `translation` (pix2pix's, for G; "inverse_"-prefixed
 for F) and `cycle` (F(G(a)) against a, G(F(b)) against b). `--mode=sample` translates A →
-B as pix2pix does.
+B as pix2pix does, or with `--inverse` B → A.
 """
 import math
 
@@ -277,8 +277,22 @@ def make_functions(models, config):
           "inverse_translate": _translation_function(models, "inverse_generator")}
 
 
-sample_flags = pix2pix.sample_flags
-make_sampler = pix2pix.make_sampler
+sample_flags = {
+    **pix2pix.sample_flags,
+    "inverse": ("bool", False, "--mode=sample, CycleGAN: translate B to A with F (the inputs "
+                               "are the evaluation split's B images, or --input's); default: "
+                               "A to B with G."),
+}
+
+
+def make_sampler(experiment, num_samples: int, input: str | None = None,  # noqa: A002
+                 inverse: bool = False):
+  """pix2pix's sampler of G (A → B), or with `inverse` of F (B → A): {"samples", "inputs"},
+  and from the evaluation split "targets" (the true translations) and "labels"."""
+  if inverse:
+    return pix2pix.translation_sampler(experiment, num_samples, input, "inverse_translate",
+                                       "x", "input")
+  return pix2pix.translation_sampler(experiment, num_samples, input)
 
 
 # --- Snapshots ---

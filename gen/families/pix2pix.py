@@ -221,20 +221,27 @@ def make_sampler(experiment, num_samples: int, input: str | None = None):  # noq
   """{"samples": the translations in [0, 1], "inputs": what they translate} of the first
   `num_samples` inputs of `input` (an .npz), or of config.eval.split (then also "targets"
   and "labels")."""
+  return translation_sampler(experiment, num_samples, input)
+
+
+def translation_sampler(experiment, num_samples: int, input: str | None = None,  # noqa: A002
+                        function: str = "translate", inputs: str = "input", targets: str = "x"):
+  """make_sampler's sampler for the family's `function`, translating the data's `inputs`
+  field (scored against `targets`): CycleGAN samples both of its directions with it."""
   config = experiment.config
   if input:
-    examples = {"input": _read_inputs(input, experiment.spec["input"].shape)[:num_samples] * 2 - 1}
+    examples = {inputs: _read_inputs(input, experiment.spec[inputs].shape)[:num_samples] * 2 - 1}
   else:
     split = data.load(config.dataset, config.eval.split)
     examples = split.read(np.arange(min(num_samples, split.num_examples)))
-  translate = translator(experiment)
+  translate = translator(experiment, function)
 
   def sampler(state, key):
-    outputs = translate(state, examples["input"], key)
+    outputs = translate(state, examples[inputs], key)
     samples = {"samples": writers.to_unit_range(outputs.astype(np.float32)),
-               "inputs": writers.to_unit_range(np.asarray(examples["input"], np.float32))}
-    if "x" in examples:
-      samples.update(targets=writers.to_unit_range(np.asarray(examples["x"], np.float32)),
+               "inputs": writers.to_unit_range(np.asarray(examples[inputs], np.float32))}
+    if targets in examples:
+      samples.update(targets=writers.to_unit_range(np.asarray(examples[targets], np.float32)),
                      labels=np.asarray(examples["label"], np.int32))
     return samples
 
