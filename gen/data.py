@@ -36,7 +36,8 @@ class Dataset:
   Attributes:
     name: the dataset's name in configs.
     spec: {field: jax.ShapeDtypeStruct} of one example: "x" (images [H, W, C] in [-1, 1],
-      points [2]) and "label" (int32 []) for gen's image and point datasets.
+      points [2]) and "label" (int32 []) for gen's image and point datasets; a paired
+      (image-to-image) dataset adds "input", the image that "x" is the translation of.
     num_examples: the size of the split.
     num_classes: the number of labels (0 where there are none).
     read: indices [B] -> {field: [B, ...]}, every field of `spec`.
@@ -85,15 +86,133 @@ def _in_memory(name, x, labels, num_classes) -> Dataset:
                  lambda idx: {"x": x[idx], "label": labels[idx]})
 
 
-def digits(split: str) -> Dataset:
-  """scikit-learn's 1,797 handwritten 8x8 digits (bundled; no network), split 80/20."""
+def _digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images [N, 8, 8] in [0, 1], labels [N]) of a split of scikit-learn's digits: the fixed
+  80/20 permutation every digits dataset shares, so their test splits are the same digits."""
   from sklearn.datasets import load_digits
   raw = load_digits()
   order = np.random.default_rng(_SPLIT_SEED).permutation(len(raw.images))
   num_test = int(round(len(order) * _DIGITS_TEST_FRACTION))
   idx = {"train": order[num_test:], "test": order[:num_test]}[split]
-  x = raw.images[idx, :, :, None] / 16.0 * 2.0 - 1.0
-  return _in_memory("digits", x, raw.target[idx], 10)
+  return raw.images[idx] / 16.0, raw.target[idx]
+
+
+def digits(split: str) -> Dataset:
+  """scikit-learn's 1,797 handwritten 8x8 digits (bundled; no network), split 80/20."""
+  images, labels = _digits_split(split)
+  return _in_memory("digits", images[..., None] * 2.0 - 1.0, labels, 10)
+
+
+def upsample_bilinear(images: np.ndarray, factor: int) -> np.ndarray:
+  """images [N, H, W] -> [N, H·factor, W·factor], bilinear with half-pixel centres and the
+  border clamped: what `jax.image.resize(..., "bilinear")` and PIL compute when enlarging."""
+
+  def taps(size):
+    position = np.clip((np.arange(size * factor) + 0.5) / factor - 0.5, 0, size - 1)
+    low = np.floor(position).astype(np.int64)
+    return low, np.minimum(low + 1, size - 1), position - low
+
+  low, high, t = taps(images.shape[1])
+  rows = images[:, low] * (1 - t)[:, None] + images[:, high] * t[:, None]
+  low, high, t = taps(images.shape[2])
+  return rows[:, :, low] * (1 - t) + rows[:, :, high] * t
+
+
+# The digits are enlarged 4x, so a full-contrast step between two 8x8 pixels becomes a ramp
+# rising 0.25 a pixel: a slope above 0.1 outlines the strokes (36% of the pixels are edges)
+# and leaves the flat background and the strokes' centres out.
+EDGES2DIGITS_SCALE = 4
+EDGE_THRESHOLD = 0.1
+
+
+def edge_map(images: np.ndarray, threshold: float = EDGE_THRESHOLD) -> np.ndarray:
+  """Edges [N, H, W] (bool) of images [N, H, W] in [0, 1]: where the Sobel gradient's
+  magnitude, in intensity per pixel (the 3x3 Sobel kernels' response divided by 8, their
+  response to a unit slope), exceeds `threshold`. The border is extended by its own pixels."""
+  from scipy.ndimage import correlate1d
+
+  # Each kernel is a difference along one image axis and [1, 2, 1] along the other, axis by
+  # axis: scipy.ndimage.sobel would smooth along the batch axis too.
+  def sobel(difference_axis, smoothing_axis):
+    difference = correlate1d(images, [-1.0, 0.0, 1.0], axis=difference_axis, mode="nearest")
+    return correlate1d(difference, [1.0, 2.0, 1.0], axis=smoothing_axis, mode="nearest")
+
+  return np.hypot(sobel(2, 1), sobel(1, 2)) / 8.0 > threshold
+
+
+def edges2digits(split: str) -> Dataset:
+  """Paired image-to-image data made from scikit-learn's digits, as edges2shoes is from shoes:
+  each 8x8 digit enlarged 4x bilinearly to 32x32 is the target "x" (in [-1, 1]), its edge map
+  (`edge_map`: -1 background, 1 edge) the "input", with the digit's "label"; the same 80/20
+  split as `digits`."""
+  images, labels = _digits_split(split)
+  targets = upsample_bilinear(images, EDGES2DIGITS_SCALE)
+  inputs = np.where(edge_map(targets), 1.0, -1.0)
+  x = np.ascontiguousarray(targets[..., None] * 2.0 - 1.0, np.float32)
+  inputs = np.ascontiguousarray(inputs[..., None], np.float32)
+  labels = np.asarray(labels, np.int32)
+  spec = {**examples_spec(x.shape[1:]), "input": jax.ShapeDtypeStruct(inputs.shape[1:],
+                                                                      np.dtype(np.float32))}
+  return Dataset("edges2digits", spec, len(x), 10,
+                 lambda idx: {"input": inputs[idx], "x": x[idx], "label": labels[idx]})
+
+
+# digits2styled's domain B: strokes dilated by a 3x3 maximum (about 2 pixels thicker at
+# 32x32), drawn in yellow on dark blue. A per-pixel colour map of domain A cannot make it,
+# since thickening a stroke needs its neighbours.
+STYLED_STROKE = np.array([1.0, 0.85, 0.1])
+STYLED_BACKGROUND = np.array([0.1, 0.15, 0.5])
+STYLED_DILATION = 3
+
+
+def digit_style(digits: np.ndarray) -> np.ndarray:
+  """Domain B of `digits2styled`: grey digits [N, H, W] in [0, 1] -> [N, H, W, 3] in [0, 1],
+  dilated by a STYLED_DILATION-square maximum (the border extended), then coloured
+  background + t·(stroke − background) at each pixel's dilated intensity t."""
+  from scipy.ndimage import maximum_filter
+  thick = maximum_filter(digits, size=(1, STYLED_DILATION, STYLED_DILATION), mode="nearest")
+  return STYLED_BACKGROUND + thick[..., None] * (STYLED_STROKE - STYLED_BACKGROUND)
+
+
+def undo_digit_style(images: np.ndarray) -> np.ndarray:
+  """A grey digit [N, H, W, 1] in [0, 1] read back from a styled one [N, H, W, 3] in [0, 1]:
+  the colour's position t between background and stroke, eroded by the dilation's square
+  (a morphological opening of the dilated digit, close to the original strokes), so that a
+  classifier of plain digits can read it."""
+  from scipy.ndimage import minimum_filter
+  direction = STYLED_STROKE - STYLED_BACKGROUND
+  t = np.clip((images - STYLED_BACKGROUND) @ direction / (direction @ direction), 0.0, 1.0)
+  thin = minimum_filter(t, size=(1, STYLED_DILATION, STYLED_DILATION), mode="nearest")
+  return thin[..., None]
+
+
+def digits2styled(split: str) -> Dataset:
+  """Unpaired image-to-image data made from scikit-learn's digits, as horse2zebra is from
+  photos: domain A ("input") the digits enlarged 4x bilinearly to 32x32, grey on 3 equal
+  channels; domain B ("x") digits in `digit_style` (thick, coloured), both in [-1, 1].
+
+  train: the split's digits in a fixed random order; the first half are domain A, the other
+    half, different digits, domain B, so the two sets share no image. Row i pairs A image i
+    with B image i, unrelated to it ("label" is the A image's).
+  test: each test digit a as "input" and its true translation style(a) as "x" (read the
+    other way, the pairs of the inverse translation), with the digit's "label".
+  The same 80/20 split as `digits`."""
+  images, labels = _digits_split(split)
+  enlarged = upsample_bilinear(images, EDGES2DIGITS_SCALE)
+  if split == "train":
+    order = np.random.default_rng(_SPLIT_SEED).permutation(len(enlarged))
+    half = len(order) // 2
+    a_rows, b_rows = order[:half], order[half:2 * half]
+  else:
+    a_rows = b_rows = np.arange(len(enlarged))
+  inputs = np.repeat(enlarged[a_rows, ..., None], 3, axis=-1) * 2.0 - 1.0
+  x = digit_style(enlarged[b_rows]) * 2.0 - 1.0
+  inputs, x = (np.ascontiguousarray(v, np.float32) for v in (inputs, x))
+  labels = np.asarray(labels[a_rows], np.int32)
+  spec = {**examples_spec(x.shape[1:]), "input": jax.ShapeDtypeStruct(inputs.shape[1:],
+                                                                      np.dtype(np.float32))}
+  return Dataset("digits2styled", spec, len(x), 10,
+                 lambda idx: {"input": inputs[idx], "x": x[idx], "label": labels[idx]})
 
 
 def ring_means(radius: float = 2.0, num_modes: int = 8) -> np.ndarray:
@@ -180,11 +299,13 @@ def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
 # imported only for text). Any other name is a tfds image dataset.
 DATASETS: dict[str, Callable[[Any, str], Dataset] | str] = {
     "digits": lambda config, split: digits(split),
+    "edges2digits": lambda config, split: edges2digits(split),
+    "digits2styled": lambda config, split: digits2styled(split),
     **{name: (lambda config, split, name=name: mixture(name, split)) for name in MIXTURES},
     **{name: "gen.text" for name in ("pydoc", "tiny_shakespeare", "lm1b")},
 }
 # The datasets that need no download (gen.results runs the experiments on them).
-OFFLINE = {"digits", *MIXTURES, "pydoc"}
+OFFLINE = {"digits", "edges2digits", "digits2styled", *MIXTURES, "pydoc"}
 
 
 def register(name: str, load_fn: Callable[[Any, str], Dataset]) -> None:

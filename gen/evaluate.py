@@ -18,6 +18,8 @@ family provides (gen.families: "generate", "reconstruct"), and a family's own `e
   likelihood      (the VAE family's) ELBO and the IWAE bound, nats and bits/dim
   codes           (the InfoGAN family's) the categorical code's accuracy as a classifier,
                   after matching codes to classes
+  translation     (the pix2pix family's) PSNR and SSIM of translations against their
+                  targets, and how often a domain classifier reads the input's label in them
 """
 import dataclasses
 import os

@@ -61,10 +61,22 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+# The key of a TrainState's family_state whose arrays have a leading batch axis: what a
+# family keeps for each row of the batch (CycleGAN's history pools), split over the devices
+# as the batch is, so that each device reads and writes only its own rows.
+PER_ROW = "per_row"
+
+
 def state_sharding(abstract_state, mesh: Mesh):
   """The sharding of every leaf of a train state, from its abstract shape (a pytree of
-  `jax.ShapeDtypeStruct`): replicated. The one place to change to shard parameters (FSDP)."""
-  return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+  `jax.ShapeDtypeStruct`): replicated, but for the arrays of `family_state[PER_ROW]`, split
+  over the `data` axis like the batch. The one place to change to shard parameters (FSDP)."""
+  sharded = jax.tree.map(lambda _: replicated(mesh), abstract_state)
+  family_state = getattr(abstract_state, "family_state", None)
+  if isinstance(family_state, dict) and PER_ROW in family_state:
+    per_row = jax.tree.map(lambda _: batch_sharding(mesh), family_state[PER_ROW])
+    sharded = sharded.replace(family_state={**sharded.family_state, PER_ROW: per_row})
+  return sharded
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -11,16 +11,18 @@ from conftest import load_config, tiny
 from gen import UsageError, experiment as experiment_lib, sharding
 
 
-def _one_step(config, devices):
+def _one_step(config, devices, steps: int = 1):
   experiment = experiment_lib.build(config, sharding.make_mesh(devices))
   state = experiment.init_state()
   initial = jax.device_get(state.params)
   batch = experiment.read_batch(np.arange(experiment.step_batch_size))
   step = experiment.compile_train_step(state)
-  new_state, metrics = step(state, sharding.shard_batch(batch, experiment.mesh))
+  for _ in range(steps):
+    state, metrics = step(state, sharding.shard_batch(batch, experiment.mesh))
   # Everything a step carries forward: params, BatchNorm and spectral-norm state, EMA.
-  carried = {name: (m.params, m.batch_stats, m.ema) for name, m in new_state.modules.items()}
-  return initial, jax.device_get(carried), jax.device_get(metrics), new_state, step.as_text()
+  carried = {name: (m.params, m.batch_stats, m.ema) for name, m in state.modules.items()}
+  carried["family_state"] = (state.family_state, {}, None)
+  return initial, jax.device_get(carried), jax.device_get(metrics), state, step.as_text()
 
 
 # Every GAN option at once, conditional: spectral norm's power iteration, R1's input
@@ -32,19 +34,31 @@ EVERYTHING = {"model.spectral_norm": True, "gan.loss": "hinge", "gan.n_critic": 
               "gan.r1": 1.0, "gan.ema_decay": 0.99, "gan.diffaugment": "color,translation,cutout"}
 
 
-@pytest.mark.parametrize("name, overrides", [
-    ("dcgan_digits", {}), ("vae_digits", {}), ("gan_ring2d", {}),
-    ("cdcgan_digits", EVERYTHING),
-    ("gpt_pydoc", {"model.dropout": 0.1, "lm.accumulation_steps": 2})])
-def test_sharded_step_matches_single_device(name, overrides):
+# CycleGAN's history pools, one slot a row (16 over 16 rows) so that the second step draws
+# its swaps, with the generators' EMA and DiffAugment's per-example draws (spectral norm and
+# R1 go through the same discriminator code as in the case above).
+CYCLEGAN = {"model.generator_width": 4, "model.residual_blocks": 1,
+            "model.discriminator_width": 4, "cyclegan.pool_size": 16,
+            "gan.ema_decay": 0.99, "gan.diffaugment": "translation,cutout"}
+
+
+@pytest.mark.parametrize("name, overrides, steps", [
+    ("dcgan_digits", {}, 1), ("vae_digits", {}, 1), ("gan_ring2d", {}, 1),
+    ("cdcgan_digits", EVERYTHING, 1),
+    ("gpt_pydoc", {"model.dropout": 0.1, "lm.accumulation_steps": 2}, 1),
+    ("cyclegan_digits", CYCLEGAN, 2)])
+def test_sharded_step_matches_single_device(name, overrides, steps):
   assert jax.device_count() == 8
   config = tiny(load_config(name), batch_size=16, **overrides)
   with tfds.testing.mock_data(num_examples=64):
-    initial, params_1, metrics_1, _, _ = _one_step(config, jax.devices()[:1])
-    _, params_8, metrics_8, state_8, program = _one_step(config, jax.devices())
+    initial, params_1, metrics_1, _, _ = _one_step(config, jax.devices()[:1], steps)
+    _, params_8, metrics_8, state_8, program = _one_step(config, jax.devices(), steps)
   # The step really ran on 8 devices, with replicated params.
   leaf = jax.tree.leaves(state_8.params)[0]
   assert len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
+  # What a family keeps per batch row stays split over the devices as the batch is.
+  for leaf in jax.tree.leaves(state_8.family_state.get(sharding.PER_ROW, {})):
+    assert leaf.sharding.shard_shape(leaf.shape)[0] == leaf.shape[0] // 8
   # Data parallelism moves gradients, not examples: all-reduces only. (Batches appended along
   # the sharded axis once put all-gathers in the GAN step, which XLA:CPU ran in different
   # orders on different devices and deadlocked.)
@@ -58,7 +72,8 @@ def test_sharded_step_matches_single_device(name, overrides):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
   # The step moved the params, so the comparison is not between two initial states.
   moved = [np.abs(a - b).max() for a, b in zip(
-      jax.tree.leaves(initial), jax.tree.leaves({n: p for n, (p, _, _) in params_1.items()}))]
+      jax.tree.leaves(initial), jax.tree.leaves({n: p for n, (p, _, _) in params_1.items()
+                                                 if n != "family_state"}))]
   assert max(moved) > 1e-5
 
 

@@ -123,7 +123,10 @@ class TrainState:
     rng: the run's typed PRNG key; step s uses `fold_in(rng, s)`, so randomness is the
       same across device counts and resumes.
     modules: {module name: ModuleState}.
-    family_state: anything else the family carries (empty for most).
+    family_state: anything else the family carries (empty for most). Its entry
+      `gen.sharding.PER_ROW`, where present, holds arrays with a leading axis of the batch
+      size, one row per batch row, split over the devices as the batch is (CycleGAN's
+      history pools); everything else in the state is replicated.
   """
   step: jax.Array
   rng: jax.Array
@@ -157,14 +160,15 @@ def init_variables(module, key, *args, **kwargs):
 
 # --- Optimizers ---
 
-SCHEDULES = ("constant", "linear")
+SCHEDULES = ("constant", "linear", "constant_then_linear")
 
 
 def adam(config, names, updates_per_step: dict[str, int] | None = None
          ) -> dict[str, optax.GradientTransformation]:
   """Adam per module, from `config.optimizer.<name>` (learning_rate, b1, b2), with the
-  learning rate of `config.optimizer.schedule`: "constant", or "linear" decay to 0 at the
-  last step. A module updated k times a step (`updates_per_step`) decays over k·num_steps
+  learning rate of `config.optimizer.schedule`: "constant", "linear" decay to 0 at the
+  last step, or "constant_then_linear": constant for the first half of the updates, then
+  linear decay to 0 (CycleGAN's, and pix2pix's code's). A module updated k times a step (`updates_per_step`) decays over k·num_steps
   updates. The schedule counts in the optimizer state, so resumes continue it.
   """
   schedule = config.optimizer.get("schedule", "constant")
@@ -182,6 +186,12 @@ def adam(config, names, updates_per_step: dict[str, int] | None = None
     if schedule == "linear":
       updates = config.num_steps * (updates_per_step or {}).get(name, 1)
       options["learning_rate"] = optax.linear_schedule(options["learning_rate"], 0.0, updates)
+    elif schedule == "constant_then_linear":
+      updates = config.num_steps * (updates_per_step or {}).get(name, 1)
+      constant = updates // 2
+      options["learning_rate"] = optax.join_schedules(
+          [optax.constant_schedule(options["learning_rate"]),
+           optax.linear_schedule(options["learning_rate"], 0.0, updates - constant)], [constant])
     optimizers[name] = optax.adam(**options)
   return optimizers
 

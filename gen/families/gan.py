@@ -11,6 +11,7 @@ with it too.
 """
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -140,14 +141,18 @@ def ema_decay(decay: float, step: jax.Array) -> jax.Array:
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def make_discriminator(discriminator, optimizer, config, auxiliary_loss=None):
+def make_discriminator(discriminator, optimizer, config, auxiliary_loss=None,
+                       image_channels: tuple[int, ...] = ()):
   """(discriminate, d_update, g_loss_of_logits): the discriminator side of `config.gan`,
-  shared by the GAN step and the VAE-GAN step.
+  shared by the GAN step, the VAE-GAN step and the pix2pix step.
 
   discriminate(d_params, d_stats, x, labels, key) -> (logits, class logits, new d_stats)
   d_update(step, d: ModuleState, real, real_labels, fake, fake_labels, key, fake_codes=None)
     -> (updated d, metrics): one step of `optimizer` on the loss, ACGAN term and penalties,
     and `auxiliary_loss(second output for the fakes, fake_codes)` (Extension) where given.
+  image_channels: for a D whose examples are several images side by side on the channels
+    (pix2pix's (input, output) pairs), their channel counts: DiffAugment moves, erases and
+    recolours the images of one example alike, and mixes no channels of one with another's.
   """
   gan = config.gan
   acgan = config.model.get("conditioning", "none") == "acgan"
@@ -155,11 +160,20 @@ def make_discriminator(discriminator, optimizer, config, auxiliary_loss=None):
   if gan.loss in ("non_saturating", "minimax"):
     d_loss_of_logits = functools.partial(d_loss_of_logits, real_label=gan.real_label)
   policy = augment_policy(gan.diffaugment)
+  split_at = list(itertools.accumulate(image_channels))[:-1]
+
+  def augment_examples(x, key):
+    if len(image_channels) < 2:
+      return augment.diff_augment(x, key, policy)
+    # DiffAugment's random draws depend on the key and the batch's spatial shape only, so
+    # one key gives every image of an example the same transform.
+    return jnp.concatenate([augment.diff_augment(image, key, policy)
+                            for image in jnp.split(x, split_at, axis=-1)], axis=-1)
 
   def discriminate(d_params, d_stats, x, labels, key):
     """(logits, class logits, updated spectral-norm state) of D on x (augmented first)."""
     augment_key, dropout_key = jax.random.split(key)
-    x = augment.diff_augment(x, augment_key, policy)
+    x = augment_examples(x, augment_key)
     d_variables = {"params": d_params, **({"batch_stats": d_stats} if d_stats else {})}
     (logits, class_logits), updates = discriminator.apply(
         d_variables, x, labels, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])

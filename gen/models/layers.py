@@ -207,6 +207,17 @@ class ConvTranspose(_Convolution):
     return subpixel_conv_transpose(x, kernel, strides)
 
 
+class ReflectConv(_Convolution):
+  """A stride-1 2D convolution of an input padded by reflecting it at the border (as
+  CycleGAN's ResNet generator pads, against the dark frames zero padding draws), so the
+  output keeps the input's size; `flax.linen.Conv`'s parameters."""
+
+  def _compute(self, x, kernel, strides):
+    pad_h, pad_w = kernel.shape[0] // 2, kernel.shape[1] // 2
+    x = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)), mode="reflect")
+    return _conv(x, kernel, strides, ((0, 0), (0, 0)))
+
+
 class Dropout(nn.Module):
   """Inverted dropout, like `flax.linen.Dropout`, with the mask drawn in chunks of the batch.
 
