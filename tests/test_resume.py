@@ -9,9 +9,13 @@ from conftest import load_config, tiny
 from gen import train
 
 
-@pytest.mark.parametrize("name", ["dcgan_digits", "vae_digits", "gpt_pydoc"])
-def test_resume_is_bitwise_equal_to_an_uninterrupted_run(name, tmp_path, single_device_mesh):
-  config = lambda steps: tiny(load_config(name), num_steps=steps, log_every=10)
+# dcgan_digits's linear decay is as long as num_steps, which this test raises between the
+# two calls; a resume within one decaying run is test_faults's kill -9 test.
+@pytest.mark.parametrize("name, overrides", [
+    ("dcgan_digits", {"optimizer.schedule": "constant"}), ("vae_digits", {}), ("gpt_pydoc", {})])
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(name, overrides, tmp_path,
+                                                        single_device_mesh):
+  config = lambda steps: tiny(load_config(name), num_steps=steps, log_every=10, **overrides)
   train.train(config(30), str(tmp_path / "resumed"), single_device_mesh)
   resumed = train.train(config(60), str(tmp_path / "resumed"), single_device_mesh)
   straight = train.train(config(60), str(tmp_path / "straight"), single_device_mesh)
