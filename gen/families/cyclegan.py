@@ -92,11 +92,7 @@ def validate(config):
   checks.at_least(options_.pool_size, "cyclegan.pool_size", 0)
   for key in ("classifier_view_a", "classifier_view_b"):
     checks.one_of(options_[key], f"cyclegan.{key}", tuple(CLASSIFIER_VIEWS))
-  if config.model.get("discriminator_norm") == "batch" and (config.gan.r1 or
-                                                            config.gan.gradient_penalty):
-    raise UsageError("config.gan.r1 and gradient_penalty are per-example input gradients, which "
-                     "a BatchNorm discriminator mixes across the batch: set "
-                     "config.model.discriminator_norm to 'instance' or 'none'.")
+  pix2pix.check_penalties_and_norm(config)
 
 
 def batch_spec(config, dataset) -> dict:

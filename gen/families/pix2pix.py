@@ -64,6 +64,11 @@ def validate(config):
   if not options_.l1_weight and not options_.adversarial_weight:
     raise UsageError("config.pix2pix.l1_weight and adversarial_weight are both 0: the "
                      "generator would have no objective.")
+  check_penalties_and_norm(config)
+
+
+def check_penalties_and_norm(config) -> None:
+  """UsageError for R1 or WGAN-GP with a BatchNorm discriminator (shared with CycleGAN)."""
   if config.model.get("discriminator_norm") == "batch" and (config.gan.r1 or
                                                             config.gan.gradient_penalty):
     raise UsageError("config.gan.r1 and gradient_penalty are per-example input gradients, which "
