@@ -189,14 +189,14 @@ class Experiment:
     return families.sample_labels(self.num_classes, num, labels)
 
   def in_batches(self, function):
-    """call(state, key, inputs [N]) -> NumPy outputs [N, ...] (any pytree) of a compiled
-    `function(state, key, inputs [batch])` run on batches of the config's size over the mesh
+    """call(state, key, inputs [N, ...]) -> NumPy outputs [N, ...] (any pytree) of a compiled
+    `function(state, key, inputs [batch, ...])` run on batches of the config's size over the mesh
     (the last one padded by repeating `inputs`); batch i uses fold_in(key, i)."""
     batch_size, batched = self.config.batch_size, sharding.batch_sharding(self.mesh)
 
     def call(state, key, inputs):
       n, count = len(inputs), -(-len(inputs) // batch_size)
-      padded = np.resize(np.asarray(inputs), count * batch_size)
+      padded = np.take(np.asarray(inputs), np.arange(count * batch_size) % n, axis=0)
       rows = lambda i: jax.device_put(padded[i * batch_size:(i + 1) * batch_size], batched)
       chunks = [jax.tree.map(sharding.to_host, function(state, jax.random.fold_in(key, i), rows(i)))
                 for i in range(count)]

@@ -168,8 +168,8 @@ def adam(config, names, updates_per_step: dict[str, int] | None = None
   """Adam per module, from `config.optimizer.<name>` (learning_rate, b1, b2), with the
   learning rate of `config.optimizer.schedule`: "constant", "linear" decay to 0 at the
   last step, or "constant_then_linear": constant for the first half of the updates, then
-  linear decay to 0 (CycleGAN's, and pix2pix's code's). A module updated k times a step (`updates_per_step`) decays over k·num_steps
-  updates. The schedule counts in the optimizer state, so resumes continue it.
+  linear decay to 0 (CycleGAN's, and pix2pix's code's). A module updated k times a step
+  (`updates_per_step`) decays over k·num_steps updates. The schedule counts in the optimizer state, so resumes continue it.
   """
   schedule = config.optimizer.get("schedule", "constant")
   if schedule not in SCHEDULES:
@@ -183,11 +183,10 @@ def adam(config, names, updates_per_step: dict[str, int] | None = None
     for beta in ("b1", "b2"):
       if beta in options:
         checks.in_range(options[beta], f"optimizer.{name}.{beta}", 0.0, 1.0, high_open=True)
+    updates = config.num_steps * (updates_per_step or {}).get(name, 1)
     if schedule == "linear":
-      updates = config.num_steps * (updates_per_step or {}).get(name, 1)
       options["learning_rate"] = optax.linear_schedule(options["learning_rate"], 0.0, updates)
     elif schedule == "constant_then_linear":
-      updates = config.num_steps * (updates_per_step or {}).get(name, 1)
       constant = updates // 2
       options["learning_rate"] = optax.join_schedules(
           [optax.constant_schedule(options["learning_rate"]),

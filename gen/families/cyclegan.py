@@ -159,9 +159,7 @@ def query_pool(pool, fakes, filled, coins, slots):
   return seen, pool
 
 
-def l1_distance(outputs, targets):
-  """mean |targets − outputs| over every pixel and channel of the batch."""
-  return jnp.mean(jnp.abs(targets.astype(jnp.float32) - outputs.astype(jnp.float32)))
+l1_distance = pix2pix.l1_distance  # mean |targets − outputs| over the batch's pixels.
 
 
 def generator_loss(logits_b, logits_a, outputs, a, b, adversarial_loss, cycle_weight: float,

@@ -179,21 +179,12 @@ def make_functions(models, config):
 def translator(experiment, function: str = "translate"):
   """translate(state, inputs [N, ...] NumPy in model space, key) -> NumPy outputs [N, ...]:
   the family's function `function` (translate(state, inputs, key)), compiled once, in
-  batches of the config's size over the mesh (the last padded with its final input); batch
-  i's dropout uses fold_in(key, i)."""
-  batch_size, batched = experiment.config.batch_size, sharding.batch_sharding(experiment.mesh)
+  batches of the config's size over the mesh (`Experiment.in_batches`); batch i's dropout
+  uses fold_in(key, i)."""
+  batched = sharding.batch_sharding(experiment.mesh)
   translate = experiment.jit(experiment.functions[function], out_shardings=batched)
-
-  def call(state, inputs, key):
-    outputs = []
-    for i, chunk in enumerate(data.chunks(np.asarray(inputs, np.float32), batch_size)):
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
-      # Every process holds all inputs, so a global array is placed from each copy.
-      translated = translate(state, jax.device_put(padded, batched), jax.random.fold_in(key, i))
-      outputs.append(sharding.to_host(translated)[:len(chunk)])
-    return np.concatenate(outputs)
-
-  return call
+  in_batches = experiment.in_batches(lambda state, key, inputs: translate(state, inputs, key))
+  return lambda state, inputs, key: in_batches(state, key, np.asarray(inputs, np.float32))
 
 
 def _read_inputs(path: str, shape) -> np.ndarray:
