@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from gen import UsageError, classifiers, data, metrics, sharding
-from gen.families import EvalGroup
+from gen.families import EvalGroup, median_range, percent
 
 
 @dataclasses.dataclass
@@ -171,20 +171,53 @@ def _reconstruction(context):
   return reconstruction
 
 
+def _modes_summary(v):
+  return (f"{median_range(v['modes'])} modes, {median_range(v['high_quality'], 1, '%')} high "
+          f"quality") if "modes" in v else ""
+
+
+def _classifier_summary(v):
+  parts = []
+  if "label_accuracy" in v:
+    parts.append(f"{median_range(percent(v['label_accuracy']), 1, '%')} of samples are the "
+                 f"requested digit")
+  if "fd" in v:
+    parts.append(f"classifier FD {median_range(v['fd'])}, precision "
+                 f"{median_range(v['precision'], 2)}, recall {median_range(v['recall'], 2)}")
+  return "; ".join(parts)
+
+
+def _inception_summary(v):
+  return (f"FID {median_range(v['fid'])}, Inception score {median_range(v['inception_score'], 2)}"
+          if "fid" in v else "")
+
+
+def _reconstruction_summary(v):
+  return (f"reconstruction PSNR {median_range(v['psnr'])} dB, SSIM {median_range(v['ssim'], 3)}"
+          if "ssim" in v else "")
+
+
 _FEATURE_METRICS = {"precision", "recall", "density", "coverage"}
 GROUPS = {
-    "modes": EvalGroup(_modes, ("generate",), frozenset({"modes", "high_quality"})),
+    "modes": EvalGroup(_modes, ("generate",), frozenset({"modes", "high_quality"}),
+                       _modes_summary),
     "classifier": EvalGroup(_classifier, ("generate",), frozenset(
-        {"classifier_score", "label_accuracy", *_FEATURE_METRICS})),
+        {"classifier_score", "label_accuracy", *_FEATURE_METRICS}), _classifier_summary),
     "inception": EvalGroup(_inception, ("generate",), frozenset(
-        {"inception_score", *(f"inception_{k}" for k in _FEATURE_METRICS)})),
-    "reconstruction": EvalGroup(_reconstruction, ("reconstruct",), frozenset({"psnr", "ssim"})),
+        {"inception_score", *(f"inception_{k}" for k in _FEATURE_METRICS)}), _inception_summary),
+    "reconstruction": EvalGroup(_reconstruction, ("reconstruct",), frozenset({"psnr", "ssim"}),
+                                _reconstruction_summary),
 }
+
+
+def available_groups(family) -> dict[str, EvalGroup]:
+  """gen's groups and the family's own (which replace gen's of the same name)."""
+  return {**GROUPS, **family.eval_groups}
 
 
 def groups(experiment) -> dict[str, EvalGroup]:
   """The groups of `config.eval.metrics`, checked: known, and given the functions they need."""
-  available = {**GROUPS, **experiment.family.eval_groups}
+  available = available_groups(experiment.family)
   chosen = {}
   for name in experiment.config.eval.metrics:
     if name not in available:

@@ -28,11 +28,31 @@ COLLECTED = {
 
 def test_headline_is_the_median_and_range_over_seeds():
   runs = list(COLLECTED["gan_ring2d"][""].values())
-  text = results.headline(runs)
+  text = results.headline("gan_ring2d", runs)
   assert text.startswith("8.0 (7.0-8.0) modes, 90.0 (60.0-95.5)% high quality"), text
-  assert results.headline(runs, "5000").startswith("8.0 (8.0-8.0) modes, 85.0 (55.0-90.5)%")
-  single = results.headline(list(COLLECTED["vae_digits"][""].values()))
+  assert results.headline("gan_ring2d", runs, "5000").startswith(
+      "8.0 (8.0-8.0) modes, 85.0 (55.0-90.5)%")
+  single = results.headline("vae_digits", list(COLLECTED["vae_digits"][""].values()))
   assert single == "test NLL 23.28 nats (0.524 bits/dim); reconstruction PSNR 16.9 dB, SSIM 0.858"
+
+
+def test_a_headline_is_made_of_the_summaries_of_the_experiments_eval_groups():
+  translation = {"psnr": 25.84, "ssim": 0.9321, "label_preservation": 0.969,
+                 "target_label_accuracy": 0.992}
+  pix2pix = results.headline("pix2pix_edges2digits", [_run(0, {"3000": translation})])
+  assert pix2pix == ("test SSIM 0.932, PSNR 25.8 dB, label preservation 96.9% "
+                     "(ceiling 99.2%)"), pix2pix
+  cycle = {**translation, **{f"inverse_{k}": v / 2 for k, v in translation.items()},
+           "cycle_ssim": 0.934, "inverse_cycle_ssim": 0.908}
+  cyclegan = results.headline("cyclegan_digits", [_run(s, {"1000": cycle}) for s in (0, 1)])
+  assert cyclegan.startswith("A→B test SSIM 0.932 (0.932-0.932), PSNR 25.8 (25.8-25.8) dB, "), \
+      cyclegan
+  assert "; B→A test SSIM 0.466 (0.466-0.466), PSNR 12.9 (12.9-12.9) dB" in cyclegan
+  assert cyclegan.endswith("; cycle SSIM 0.934 (0.934-0.934) (A→B→A) and 0.908 (0.908-0.908) "
+                           "(B→A→B)")
+  # A group whose metrics the runs lack (the classifier's here) adds nothing.
+  codes = results.headline("infogan_digits", [_run(0, {"10000": {"code_accuracy": 0.844}})])
+  assert codes == "categorical code accuracy after matching 84.4%", codes
 
 
 def test_the_offline_experiments_are_those_whose_data_needs_no_download():

@@ -57,6 +57,7 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -303,6 +304,22 @@ class EvalGroup:
   make: Callable[[Any], Callable[[Any], dict]]
   needs: tuple[str, ...] = ()
   higher_is_better: frozenset[str] = frozenset()
+  # summary(values) -> the phrase gen.results writes for the group in the README's tables;
+  # `values` maps each metric that every run has to its values over the runs (seeds).
+  summary: Callable[[dict[str, list[float]]], str] | None = None
+
+
+def median_range(values, digits: int = 1, suffix: str = "") -> str:
+  """"median" or "median (min-max)" of values over seeds, as the results tables show them."""
+  fmt = lambda v: f"{v:.{digits}f}"
+  text = fmt(statistics.median(values))
+  if len(values) > 1:
+    text += f" ({fmt(min(values))}-{fmt(max(values))})"
+  return text + suffix
+
+
+def percent(values) -> list[float]:
+  return [100 * v for v in values]
 
 
 # --- The registry ---

@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from gen import UsageError, checks, data, metrics, sharding, writers
-from gen.families import (EvalGroup, ModuleState, TrainState, adam, init_variables,
+from gen.families import (EvalGroup, ModuleState, TrainState, adam, init_variables, median_range,
                           num_classes, options_block)
 from gen.families import gan as gan_family
 from gen.families import pix2pix
@@ -359,9 +359,23 @@ def _cycle(context):
   return cycle
 
 
+def _translation_summary(values):
+  forward = pix2pix.translation_summary(values)
+  inverse = pix2pix.translation_summary(values, "inverse_")
+  return f"A→B {forward}; B→A {inverse}" if forward and inverse else ""
+
+
+def _cycle_summary(values):
+  if "cycle_ssim" not in values:
+    return ""
+  return (f"cycle SSIM {median_range(values['cycle_ssim'], 3)} (A→B→A) and "
+          f"{median_range(values['inverse_cycle_ssim'], 3)} (B→A→B)")
+
+
 eval_groups = {
     "translation": EvalGroup(_translation, ("translate", "inverse_translate"), frozenset(
-        {*pix2pix.TRANSLATION_METRICS, *(f"inverse_{m}" for m in pix2pix.TRANSLATION_METRICS)})),
+        {*pix2pix.TRANSLATION_METRICS, *(f"inverse_{m}" for m in pix2pix.TRANSLATION_METRICS)}),
+        _translation_summary),
     "cycle": EvalGroup(_cycle, ("translate", "inverse_translate"),
-                       frozenset({"cycle_ssim", "inverse_cycle_ssim"})),
+                       frozenset({"cycle_ssim", "inverse_cycle_ssim"}), _cycle_summary),
 }

@@ -28,8 +28,8 @@ import ml_collections
 import numpy as np
 
 from gen import UsageError, checks, losses, metrics, sharding, writers
-from gen.families import (EvalGroup, TrainState, num_classes, options_block,
-                          sample_labels)
+from gen.families import (EvalGroup, TrainState, median_range, num_classes, options_block,
+                          percent, sample_labels)
 from gen.families import gan as gan_family
 from gen.families.gan import batch_spec, examples_per_step, make_optimizers  # noqa: F401
 from gen.models import infogan as infogan_model
@@ -55,7 +55,7 @@ def configure(config, latent_dim: int, categorical: int = 10, continuous: int = 
                              continuous_codes=continuous, q_hidden=q_hidden,
                              spectral_norm=config.model.get("spectral_norm", False)))
     config.infogan = options()
-    config.eval.metrics = (*config.eval.metrics, "codes")
+    config.eval.metrics = ("codes", *config.eval.metrics)
   return config
 
 
@@ -268,5 +268,7 @@ def _codes(context):
 
 
 eval_groups = {
-    "codes": EvalGroup(_codes, ("generate_codes",), frozenset({"code_accuracy"})),
+    "codes": EvalGroup(_codes, ("generate_codes",), frozenset({"code_accuracy"}), lambda v: (
+        f"categorical code accuracy after matching "
+        f"{median_range(percent(v['code_accuracy']), 1, '%')}" if "code_accuracy" in v else "")),
 }

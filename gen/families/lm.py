@@ -15,7 +15,8 @@ import numpy as np
 import optax
 
 from gen import UsageError, checks, decode, sharding
-from gen.families import EvalGroup, ModuleState, TrainState, init_variables, options_block
+from gen.families import (EvalGroup, ModuleState, TrainState, init_variables, median_range,
+                          options_block)
 
 
 def options(**overrides) -> ml_collections.ConfigDict:
@@ -430,7 +431,9 @@ def _diversity(context):
 
 
 eval_groups = {
-    "likelihood": EvalGroup(_likelihood),
+    "likelihood": EvalGroup(_likelihood, summary=lambda v: (
+        f"validation {median_range(v['bits_per_char'], 3)} bits/char (perplexity "
+        f"{median_range(v['perplexity'], 2)})" if "bits_per_char" in v else "")),
     "diversity": EvalGroup(_diversity, higher_is_better=frozenset({"distinct_1", "distinct_2"})),
 }
 

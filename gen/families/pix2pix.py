@@ -31,8 +31,8 @@ import ml_collections
 import numpy as np
 
 from gen import UsageError, checks, data, metrics, sharding, writers
-from gen.families import (EvalGroup, ModuleState, TrainState, init_variables, num_classes,
-                          options_block)
+from gen.families import (EvalGroup, ModuleState, TrainState, init_variables, median_range,
+                          num_classes, options_block, percent)
 from gen.families import gan as gan_family
 from gen.families.gan import make_optimizers  # noqa: F401
 
@@ -360,6 +360,19 @@ def translation_evaluation(function: str = "translate", inputs: str = "input",
 TRANSLATION_METRICS = frozenset({"psnr", "ssim", "label_preservation", "target_label_accuracy"})
 
 
+def translation_summary(values, prefix: str = "") -> str:
+  """The results tables' phrase for translation_evaluation(prefix)'s metrics over seeds."""
+  v = {name[len(prefix):]: x for name, x in values.items() if name.startswith(prefix)}
+  if "ssim" not in v:
+    return ""
+  text = f"test SSIM {median_range(v['ssim'], 3)}, PSNR {median_range(v['psnr'])} dB"
+  if "label_preservation" in v:
+    text += (f", label preservation {median_range(percent(v['label_preservation']), 1, '%')} "
+             f"(ceiling {median_range(percent(v['target_label_accuracy']), 1, '%')})")
+  return text
+
+
 eval_groups = {
-    "translation": EvalGroup(translation_evaluation(), ("translate",), TRANSLATION_METRICS),
+    "translation": EvalGroup(translation_evaluation(), ("translate",), TRANSLATION_METRICS,
+                             translation_summary),
 }

@@ -14,7 +14,7 @@ import numpy as np
 
 from gen import UsageError, checks, data, losses, writers
 from gen.families import (EvalGroup, ModuleState, TrainState, alternate, init_variables,
-                          num_classes, options_block, render_examples)
+                          median_range, num_classes, options_block, render_examples)
 
 OBJECTIVES = ("elbo", "iwae")
 # Bounds of the decoder's log-scales (learned Gaussian and logistic), as in PixelCNN++'s -7.
@@ -337,5 +337,7 @@ def _likelihood(context):
 
 eval_groups = {
     # ELBO and the IWAE bound of the evaluation split, nats and bits/dim.
-    "likelihood": EvalGroup(_likelihood, higher_is_better=frozenset({"elbo"})),
+    "likelihood": EvalGroup(_likelihood, higher_is_better=frozenset({"elbo"}), summary=lambda v: (
+        f"test NLL {median_range(v['nll_iwae'], 2)} nats "
+        f"({median_range(v['bits_per_dim'], 3)} bits/dim)" if "nll_iwae" in v else "")),
 }
