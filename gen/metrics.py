@@ -352,6 +352,8 @@ def _filter_valid(images, window: np.ndarray):
   return sum(float(w) * rows[:, :, t:t + width - size + 1] for t, w in enumerate(window))
 
 
+# Jitted: op by op, the 11x11 window's shifted sums are about a thousand small dispatches.
+@functools.partial(jax.jit, static_argnames="max_value")
 def ssim(x, y, max_value: float = 1.0) -> jax.Array:
   """Mean structural similarity [B] of images x, y [B, H, W, C], per channel then averaged.
 

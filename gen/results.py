@@ -175,7 +175,8 @@ def rewrite_readme(path: str, collected: dict, floor: dict | None) -> None:
     results = list(runs.get("", {}).values())
     if not results:
       continue
-    cell = f"{headline(name, results)} ({results[0]['num_steps']:,} steps, {len(results)} seeds)"
+    seeds = f"{len(results)} seed{'s' if len(results) > 1 else ''}"
+    cell = f"{headline(name, results)} ({results[0]['num_steps']:,} steps, {seeds})"
     text = re.sub(rf"^(\| `\./launch\.sh {re.escape(name)}` \|.*\|) [^|]* \|$",
                   lambda m: f"{m.group(1)} {cell} |", text, flags=re.M)
   with open(path, "w") as f:
