@@ -34,9 +34,13 @@ def experiments_dir() -> str:
   return checkout if os.path.isdir(checkout) else os.path.abspath("experiments")
 
 
-def load_config(name: str):
+def load_config(name: str, test_overrides: bool = False):
   """experiments/<name>.py's config, locked as --config locks it: values are changed by
-  assignment (`config.num_steps = 500`), and a mistyped key raises at once."""
+  assignment (`config.num_steps = 500`), and a mistyped key raises at once.
+
+  With `test_overrides`, the file's TEST_OVERRIDES ({dotted key: value}, where it has one) are
+  set too: what it shrinks for tests and other runs of a few steps (a notebook under the
+  tests), where its own model would take most of their time to compile."""
   from gen import UsageError
   directory = experiments_dir()
   if name not in experiments(directory):
@@ -48,6 +52,12 @@ def load_config(name: str):
   spec.loader.exec_module(module)
   config = module.get_config()
   config.lock()
+  for key, value in (getattr(module, "TEST_OVERRIDES", {}) if test_overrides else {}).items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value  # Locked: a key the config lacks raises.
   return config
 
 

@@ -1,36 +1,27 @@
 """Every file in experiments/ builds, initialises and trains two steps (tfds data mocked)."""
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import EXPERIMENTS, ROOT, load_config, override
-from gen import train
+from conftest import EXPERIMENTS, load_config, override
+from gen import cli, train
 from gen.cli import REQUIRED_KEYS
 
 # Experiments whose batch is a reference's, for comparison with it: nanoGPT's quick start.
 REFERENCE_BATCH = {"gpt_pydoc_tiny"}
 
 
-def _test_overrides(name: str) -> dict:
-  """An experiment file's TEST_OVERRIDES: what it shrinks for this test, where its own model
-  takes minutes a step on a CPU (it says why); {} for the others."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return getattr(module, "TEST_OVERRIDES", {})
-
-
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_trains_two_steps(name, tmp_path, single_device_mesh):
-  config = load_config(name)
+  # The experiment's own model (with its file's TEST_OVERRIDES, where its own takes minutes
+  # a step on a CPU: it says why) at a small batch: what ships is what is tested.
+  config = cli.load_config(name, test_overrides=True)
   assert all(key in config for key in REQUIRED_KEYS)
   assert config.batch_size % 8 == 0 or name in REFERENCE_BATCH, (
       "the default batch should split over 8 devices")
-  # The experiment's own model at a small batch: what ships is what is tested.
-  override(config, {"num_steps": 2, "batch_size": 8, "log_every": 1, **_test_overrides(name)})
+  override(config, {"num_steps": 2, "batch_size": 8, "log_every": 1})
   with tfds.testing.mock_data(num_examples=32):
     state = train.train(config, str(tmp_path), single_device_mesh)
   assert int(state.step) == 2

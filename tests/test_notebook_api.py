@@ -21,6 +21,30 @@ def test_load_config_by_name_is_the_experiment_file_locked():
     cli.load_config("dcgan_digitz")  # The message lists the experiments there are.
 
 
+def test_load_config_with_test_overrides_sets_the_files_dict(tmp_path, monkeypatch):
+  (tmp_path / "small.py").write_text(
+      "import ml_collections\n"
+      "TEST_OVERRIDES = {'model.width': 4, 'num_steps': 2}\n"
+      "def get_config():\n"
+      "  return ml_collections.ConfigDict({'num_steps': 100, 'model': {'width': 64, 'depth': 3}})\n")
+  (tmp_path / "plain.py").write_text((tmp_path / "small.py").read_text().replace(
+      "TEST_OVERRIDES", "OTHER"))
+  (tmp_path / "typo.py").write_text((tmp_path / "small.py").read_text().replace(
+      "'model.width'", "'model.widht'"))
+  monkeypatch.setattr(cli, "experiments_dir", lambda: str(tmp_path))
+
+  assert cli.load_config("small").to_dict() == {"num_steps": 100, "model": {"width": 64,
+                                                                             "depth": 3}}
+  config = cli.load_config("small", test_overrides=True)
+  assert config.to_dict() == {"num_steps": 2, "model": {"width": 4, "depth": 3}}
+  with pytest.raises(AttributeError):
+    config.num_stepz = 3  # Still locked.
+  assert cli.load_config("plain", test_overrides=True).to_dict() == cli.load_config(
+      "plain").to_dict()
+  with pytest.raises(KeyError, match="widht"):
+    cli.load_config("typo", test_overrides=True)  # A key the config lacks fails.
+
+
 class _Generator(nn.Module):
   @nn.compact
   def __call__(self, z, labels=None, train=True):

@@ -27,7 +27,8 @@ def _kernel_manager(directory):
 
 
 def test_there_are_notebooks():
-  assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "vae_latent_space", "custom_experiment"}
+  assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "vae_latent_space", "custom_experiment",
+                                         "text_generation", "style_transfer"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
