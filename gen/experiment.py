@@ -188,11 +188,13 @@ class Experiment:
     unconditional model)."""
     return families.sample_labels(self.num_classes, num, labels)
 
-  def in_batches(self, function):
+  def in_batches(self, function, batch_size: int | None = None):
     """call(state, key, inputs [N, ...]) -> NumPy outputs [N, ...] (any pytree) of a compiled
-    `function(state, key, inputs [batch, ...])` run on batches of the config's size over the mesh
-    (the last one padded by repeating `inputs`); batch i uses fold_in(key, i)."""
-    batch_size, batched = self.config.batch_size, sharding.batch_sharding(self.mesh)
+    `function(state, key, inputs [batch, ...])` run on batches of `batch_size` (default: the
+    config's; a multiple of the device count) over the mesh (the last one padded by repeating
+    `inputs`); batch i uses fold_in(key, i)."""
+    batch_size = batch_size or self.config.batch_size
+    batched = sharding.batch_sharding(self.mesh)
 
     def call(state, key, inputs):
       n, count = len(inputs), -(-len(inputs) // batch_size)
