@@ -7,8 +7,8 @@ mesh ahead of the train step. The grain iterator's state is the data position th
 checkpoints store, so a resumed run sees the same batches as an uninterrupted one.
 
 Images leave this module as float32 NHWC in [-1, 1] ("model space"); 2D mixtures as float32
-[N, 2]. Datasets are found by name: gen's own (`DATASETS`), those added with `register`, and
-any image dataset of tensorflow-datasets.
+[N, 2]. Datasets are found by name: gen's own (`DATASETS`, tfds's unpaired `cycle_gan/*`
+among them), those added with `register`, and any image dataset of tensorflow-datasets.
 """
 import dataclasses
 import importlib
@@ -46,6 +46,14 @@ class Dataset:
       the same way without the data (a tokenizer). A run records both in its workdir, with
       each file's key set to the file's path there, and every later launch on the workdir
       uses them (gen.experiment.build).
+    read_augmented: None, or (indices [B], epochs [B], seed) -> what `read` gives, with the
+      training-time randomness of the data (random crops and flips) drawn from (seed, epoch,
+      index) alone: training batches are read with it (`batch_dataset`), so that the data
+      position a checkpoint stores gives the same batch again, on any number of devices.
+    domain_sizes: for unpaired image-to-image data (CycleGAN's), {"input": N_A, "x": N_B},
+      the two domains' image counts: row i holds A image i mod N_A and B image i mod N_B,
+      unrelated (no row is a true translation), so a domain's images are the first N rows'
+      field; None for other data.
   """
   name: str
   spec: dict[str, jax.ShapeDtypeStruct]
@@ -54,6 +62,8 @@ class Dataset:
   read: Callable[[np.ndarray], dict[str, np.ndarray]]
   fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
   files: dict[str, tuple[str, bytes]] = dataclasses.field(default_factory=dict)
+  read_augmented: Callable[[np.ndarray, np.ndarray, int], dict[str, np.ndarray]] | None = None
+  domain_sizes: dict[str, int] | None = None
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -275,6 +285,74 @@ def tfds_source(name: str, split: str, data_dir: str | None):
   return source
 
 
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """A uint8 image [H, W, C] (C 1 or 3) -> float32 [size, size, 3] in [-1, 1], resized
+  bicubically by PIL as the CycleGAN paper's code (torchvision's Resize) does, ignoring the
+  aspect ratio."""
+  from PIL import Image
+  image = np.asarray(image, np.uint8)
+  picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
+  if picture.size != (size, size):
+    picture = picture.resize((size, size), Image.BICUBIC)
+  return np.asarray(picture, np.float32) / 127.5 - 1.0
+
+
+def random_crop_and_flip(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """A size x size crop of image [L, L, C] at an offset uniform in [0, L - size] on each
+  axis, mirrored left to right with probability 1/2 (the paper's code's augmentation)."""
+  top, left = rng.integers(0, image.shape[0] - size + 1), rng.integers(0, image.shape[1] - size + 1)
+  crop = image[top:top + size, left:left + size]
+  return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+CYCLE_GAN_DOMAINS = {"input": "A", "x": "B"}  # Field -> the tfds split's suffix.
+
+
+def cycle_gan(config, split: str) -> Dataset:
+  """Unpaired image-to-image data of tensorflow-datasets' `cycle_gan/<pair>` (horse2zebra,
+  monet2photo, ...): domain A ("input") from tfds split `<split>A`, domain B ("x") from
+  `<split>B` (see `tfds_source`), of different sizes N_A and N_B.
+
+  Rows: max(N_A, N_B), an epoch of the paper's code. `read` gives row i as A image i mod N_A
+  and B image i mod N_B, each resized to `config.crop_size` (256) squares: the evaluation
+  split as the paper tests, and the training rows snapshots show. Training batches
+  (`read_augmented`) hold A image i mod N_A and a B image drawn uniformly (as the paper's
+  code draws it), each resized to `config.load_size` (286), cropped at random to
+  crop_size and flipped left to right with probability 1/2, all drawn from
+  (seed, epoch, i), so that a resumed run reads the same batches.
+  """
+  load_size, crop_size = config.get("load_size", 286), config.get("crop_size", 256)
+  if not (isinstance(crop_size, int) and isinstance(load_size, int) and 0 < crop_size <= load_size):
+    raise UsageError(f"config.dataset.crop_size={crop_size!r} and load_size={load_size!r}: the "
+                     f"training images are resized to load_size and cropped to crop_size, so "
+                     f"give integers with 0 < crop_size <= load_size (the paper's 256 and 286).")
+  sources = {field: tfds_source(config.name, split + domain, config.get("data_dir"))
+             for field, domain in CYCLE_GAN_DOMAINS.items()}
+  sizes = {field: len(source) for field, source in sources.items()}
+  empty = [f"{split}{CYCLE_GAN_DOMAINS[f]}" for f, n in sizes.items() if not n]
+  if empty:
+    raise UsageError(f"The tfds dataset '{config.name}' has no images in {empty}.")
+
+  def image(field, index, size):
+    return resize_image(sources[field][int(index) % sizes[field]]["image"], size)
+
+  def read(idx):
+    return {field: np.stack([image(field, i, crop_size) for i in idx]) for field in sources}
+
+  def read_augmented(idx, epochs, seed):
+    rows = {field: [] for field in sources}
+    for index, epoch in zip(idx, epochs):
+      rng = np.random.default_rng([int(seed) % 2**32, int(epoch), int(index)])
+      b_index = rng.integers(sizes["x"])
+      for field, i in (("input", index), ("x", b_index)):
+        rows[field].append(random_crop_and_flip(image(field, i, load_size), crop_size, rng))
+    return {field: np.stack(images) for field, images in rows.items()}
+
+  shape = jax.ShapeDtypeStruct((crop_size, crop_size, 3), np.dtype(np.float32))
+  return Dataset(config.name, {"input": shape, "x": shape}, max(sizes.values()), 0, read,
+                 read_augmented=read_augmented, domain_sizes=sizes)
+
+
 def tfds_images(name: str, split: str, data_dir: str | None) -> Dataset:
   """An image dataset from tensorflow-datasets (see `tfds_source`)."""
   import tensorflow_datasets as tfds
@@ -301,6 +379,7 @@ DATASETS: dict[str, Callable[[Any, str], Dataset] | str] = {
     "digits": lambda config, split: digits(split),
     "edges2digits": lambda config, split: edges2digits(split),
     "digits2styled": lambda config, split: digits2styled(split),
+    "cycle_gan": cycle_gan,  # cycle_gan/horse2zebra, cycle_gan/monet2photo, ...
     **{name: (lambda config, split, name=name: mixture(name, split)) for name in MIXTURES},
     **{name: "gen.text" for name in ("pydoc", "tiny_shakespeare", "lm1b")},
 }
@@ -329,17 +408,24 @@ def batch_dataset(dataset: Dataset, batch_size: int, seed: int, spec=None) -> gr
   """Endless, per-epoch reshuffled global batches, of which this process reads its rows: the
   fields of `spec` (a batch spec {field: ShapeDtypeStruct}) in its dtypes, or all fields."""
   rows = sharding.process_batch_slice(batch_size)
+  size = dataset.num_examples
 
-  def read(idx):
-    batch = dataset.read(idx[rows])
+  def read(epochs_and_indices):
+    epochs, idx = (a[rows] for a in epochs_and_indices)
+    if dataset.read_augmented is None:
+      batch = dataset.read(idx)
+    else:
+      batch = dataset.read_augmented(idx, epochs, seed)
     if spec is None:
       return batch
     return {name: np.asarray(batch[name], field.dtype) for name, field in spec.items()}
 
-  return (grain.MapDataset.range(dataset.num_examples)
+  return (grain.MapDataset.range(size)
           .seed(seed)
           .shuffle()
           .repeat()
+          # Each example with its epoch, the position in the endless stream over the size.
+          .map_with_index(lambda position, index: (position // size, index))
           .batch(batch_size, drop_remainder=True)
           .map(read)
           .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))

@@ -20,6 +20,8 @@ family provides (gen.families: "generate", "reconstruct"), and a family's own `e
                   after matching codes to classes
   translation     (the pix2pix family's) PSNR and SSIM of translations against their
                   targets, and how often a domain classifier reads the input's label in them
+  translation_inception  (CycleGAN's) the inception metrics of each direction's
+                  translations against the real images of the domain translated to
 """
 import dataclasses
 import os
@@ -51,10 +53,11 @@ class EvalContext:
   samples: Callable
 
 
-def _reference_features(workdir, dataset, images, extract, extractor: str) -> dict:
-  """Features of the evaluation split, cached with the extractor's name and version in the name."""
-  name = f"reference_{dataset.name}_{dataset.num_examples}_{extractor}.npz"
-  path = os.path.join(workdir, "eval", name) if workdir else None
+def reference_features(workdir, name: str, images, extract, extractor: str) -> dict:
+  """`extract(images)` of real images, cached in the workdir under `name` (what they are:
+  the dataset, split and count) and the extractor's name and version."""
+  file_name = f"reference_{name}_{extractor}.npz".replace("/", "_")
+  path = os.path.join(workdir, "eval", file_name) if workdir else None
   if path and os.path.exists(path):
     with np.load(path) as cached:
       return dict(cached)
@@ -79,18 +82,20 @@ def features(predict, images, batch_size: int, mesh) -> dict:
           "features": np.concatenate([f for _, f in outputs]).astype(np.float64)}
 
 
-def feature_metrics(reference: dict, fake: dict) -> dict:
-  """Fréchet distance, KID, precision/recall, density/coverage and the (classifier) score."""
-  score, _ = metrics.inception_score(fake["probabilities"])
+def feature_metrics(reference: dict, fake: dict, score: bool = True) -> dict:
+  """Fréchet distance, KID, precision/recall, density/coverage and (with `score`) the
+  (classifier) score."""
   kid, _ = metrics.kernel_inception_distance(reference["features"], fake["features"])
-  return {
+  results = {
       "fd": metrics.frechet_distance(*metrics.gaussian_statistics(fake["features"]),
                                      *metrics.gaussian_statistics(reference["features"])),
       "kid": kid,
-      "score": score,
       **metrics.precision_recall(reference["features"], fake["features"]),
       **metrics.density_coverage(reference["features"], fake["features"]),
   }
+  if score:
+    results["score"] = metrics.inception_score(fake["probabilities"])[0]
+  return results
 
 
 def _modes(context):
@@ -112,7 +117,8 @@ def _feature_group(context, predict, extractor: str, batch_size: int, rename,
   experiment, split = context.experiment, context.split
   extract = lambda images: features(predict, images, batch_size, experiment.mesh)
   real = split.read(np.arange(split.num_examples))["x"]
-  reference = _reference_features(context.workdir, split, real, extract, extractor)
+  reference = reference_features(context.workdir, f"{split.name}_{split.num_examples}", real,
+                                 extract, extractor)
 
   def evaluate_features(state):
     start = time.perf_counter()
@@ -136,7 +142,14 @@ def _classifier(context):
                         lambda k: "classifier_score" if k == "score" else k, label_accuracy=True)
 
 
-def _inception(context):
+INCEPTION = "inception_2015-12-05"  # The extractor's name in cached reference features.
+INCEPTION_BATCH = 50
+
+
+def inception_predict():
+  """predict(images [B, H, W, C] in model space) -> (Inception-score probabilities, pool3
+  features) of the FID Inception; UsageError naming the weights file and how to fetch it
+  when it is missing (groups call this when built, before a run's first step)."""
   from gen import inception  # Its weights are a 95 MB download: only when asked for.
   try:
     extract_inception = inception.make_feature_fn(inception.load_params())
@@ -148,9 +161,17 @@ def _inception(context):
     # The Inception score of Improved-GAN/TTUR takes the softmax of pool3 @ W, no bias.
     return jax.nn.softmax(outputs["logits_unbiased"]), outputs["pool3"]
 
-  names = {"fd": "fid", "score": "inception_score"}
-  return _feature_group(context, predict, "inception_2015-12-05", 50,
-                        lambda k: names.get(k, f"inception_{k}"))
+  return predict
+
+
+def inception_name(metric: str) -> str:
+  """The name of `feature_metrics`' `metric` on Inception features: fid, inception_score,
+  inception_<metric>."""
+  return {"fd": "fid", "score": "inception_score"}.get(metric, f"inception_{metric}")
+
+
+def _inception(context):
+  return _feature_group(context, inception_predict(), INCEPTION, INCEPTION_BATCH, inception_name)
 
 
 def _reconstruction(context):
@@ -197,14 +218,14 @@ def _reconstruction_summary(v):
           if "ssim" in v else "")
 
 
-_FEATURE_METRICS = {"precision", "recall", "density", "coverage"}
+FEATURE_METRICS = {"precision", "recall", "density", "coverage"}  # Besides the score.
 GROUPS = {
     "modes": EvalGroup(_modes, ("generate",), frozenset({"modes", "high_quality"}),
                        _modes_summary),
     "classifier": EvalGroup(_classifier, ("generate",), frozenset(
-        {"classifier_score", "label_accuracy", *_FEATURE_METRICS}), _classifier_summary),
+        {"classifier_score", "label_accuracy", *FEATURE_METRICS}), _classifier_summary),
     "inception": EvalGroup(_inception, ("generate",), frozenset(
-        {"inception_score", *(f"inception_{k}" for k in _FEATURE_METRICS)}), _inception_summary),
+        {"inception_score", *(f"inception_{k}" for k in FEATURE_METRICS)}), _inception_summary),
     "reconstruction": EvalGroup(_reconstruction, ("reconstruct",), frozenset({"psnr", "ssim"}),
                                 _reconstruction_summary),
 }

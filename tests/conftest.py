@@ -137,3 +137,30 @@ def pytest_sessionstart(session):
   from gen import classifiers
   if not os.path.exists(classifiers.weights_path("digits")):
     classifiers.save("digits", *classifiers.train("digits"))
+
+
+# tfds's unpaired cycle_gan/* (gen.data.cycle_gan), mocked with splits of different sizes.
+CYCLE_GAN_SIZES = {"trainA": 5, "trainB": 7, "testA": 6, "testB": 8}
+
+
+def cycle_gan_images(split: str) -> list[dict]:
+  """The mocked tfds split: noise images of random sizes, different in every split (tfds's
+  own mock gives every split the same examples, so it could not tell A from B)."""
+  import numpy as np
+  rng = np.random.default_rng(list(split.encode()))
+  return [{"image": rng.integers(0, 256, (*rng.integers(20, 40, 2), 3), dtype=np.uint8),
+           "label": int(split.endswith("B"))} for _ in range(CYCLE_GAN_SIZES[split])]
+
+
+def mock_cycle_gan():
+  """tfds mocked to give `cycle_gan/*` the splits of `cycle_gan_images`."""
+  import tensorflow_datasets as tfds
+  return tfds.testing.mock_data(
+      as_data_source_fn=lambda builder, split, **kwargs: cycle_gan_images(split))
+
+
+def cycle_gan_config(load_size=36, crop_size=32, split="train"):
+  """A config.dataset of cycle_gan/horse2zebra, by default at small sizes."""
+  import ml_collections
+  return ml_collections.ConfigDict({"name": "cycle_gan/horse2zebra", "split": split,
+                                    "load_size": load_size, "crop_size": crop_size})

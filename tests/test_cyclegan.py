@@ -8,7 +8,8 @@ import optax
 import pytest
 from PIL import Image
 
-from conftest import UNOPTIMIZED, load_config, override
+from conftest import (UNOPTIMIZED, cycle_gan_config, cycle_gan_images, load_config,
+                      mock_cycle_gan, override)
 from gen import UsageError, data, evaluate, experiment as experiment_lib, losses, sharding, train
 from gen.families import adam, cyclegan, pix2pix
 
@@ -191,6 +192,83 @@ def test_evaluation_of_true_translations(single_device_mesh, monkeypatch):
   truth = {name: (sources, targets[others]) for name, (sources, targets) in truth.items()}
   results = cyclegan.eval_groups["translation"].make(context)(None)
   assert results["label_preservation"] < 0.05 and results["inverse_label_preservation"] < 0.05
+
+
+def _block_features(images):
+  """A cheap stand-in for the Inception: the grey means of 32x32 images' quadrants, [B, 4]
+  (fewer dimensions than images, so that the covariances are not singular)."""
+  b = images.shape[0]
+  features = images.mean(axis=-1).reshape(b, 2, 16, 2, 16).mean(axis=(2, 4)).reshape(b, 4)
+  return jax.nn.softmax(features), features
+
+
+def _unpaired_experiment(mesh):
+  config = override(load_config("cyclegan_horse2zebra"), {
+      **TINY, "dataset.load_size": 36, "dataset.crop_size": 32, "model.discriminator_depth": 1})
+  with mock_cycle_gan():
+    return experiment_lib.build(config, mesh), data.load(config.dataset, "test")
+
+
+def test_unpaired_evaluation_scores_each_domains_images_once(single_device_mesh, monkeypatch,
+                                                             tmp_path):
+  """cycle_gan's test split has 6 A and 8 B images (8 rows): FID of G(a) against the 8 B
+  images and of F(b) against the 6 A images, with G brightening (a / 2 + 1/2) and F the
+  identity, equals
+  the Fréchet distance of those sets' features computed here; the cycles see each image
+  once; the translation group, which needs true translations, refuses."""
+  from gen import evaluate, metrics
+  experiment, split = _unpaired_experiment(single_device_mesh)
+  seen = []
+
+  def translator(experiment, function="translate"):
+    def translate(state, inputs, key):
+      seen.append((function, len(inputs)))
+      return inputs / 2 + 0.5 if function == "translate" else inputs
+    return translate
+
+  monkeypatch.setattr(pix2pix, "translator", translator)
+  monkeypatch.setattr(evaluate, "inception_predict", lambda: _block_features)
+  context = evaluate.EvalContext(experiment, split, str(tmp_path), None)
+  results = cyclegan.eval_groups["translation_inception"].make(context)(None)
+  domains = {d: np.stack([data.resize_image(e["image"], 32) for e in cycle_gan_images(
+      f"test{d}")]) for d in "AB"}
+  features = {d: np.asarray(_block_features(images)[1], np.float64)
+              for d, images in domains.items()}
+  fd = lambda x, y: metrics.frechet_distance(*metrics.gaussian_statistics(x),
+                                             *metrics.gaussian_statistics(y))
+  brightened = np.asarray(_block_features(domains["A"] / 2 + 0.5)[1], np.float64)
+  np.testing.assert_allclose(results["fid"], fd(brightened, features["B"]), rtol=1e-6)
+  np.testing.assert_allclose(results["inverse_fid"], fd(features["B"], features["A"]),
+                             rtol=1e-6)
+  assert results["fid"] > 5 * results["inverse_fid"] > 0  # The brightening is seen.
+  assert {"inception_kid", "inverse_inception_precision"} <= set(results)
+  assert "inception_score" not in results
+  assert sorted(seen) == [("inverse_translate", 8), ("translate", 6)]
+  assert (tmp_path / "eval" / "reference_cycle_gan_horse2zebra_x_8_inception_2015-12-05.npz"
+          ).exists()
+  seen.clear()
+  cycles = cyclegan.eval_groups["cycle"].make(context)(None)
+  for prefix, images in (("", domains["A"]), ("inverse_", domains["B"])):
+    np.testing.assert_allclose(cycles[prefix + "cycle_l1"],
+                               np.abs(np.float64(images) / 2 + 0.5 - images).mean(), rtol=1e-6)
+  assert sorted(seen) == [("inverse_translate", 6), ("inverse_translate", 8),
+                          ("translate", 6), ("translate", 8)]
+  with pytest.raises(UsageError, match="translation group scores translations against their "
+                                       "true targets, which cycle_gan/horse2zebra, unpaired"):
+    cyclegan.eval_groups["translation"].make(context)
+  with pytest.raises(UsageError, match="pix2pix learns from pairs"):
+    pix2pix.batch_spec(experiment.config, split)
+
+
+def test_inception_groups_without_weights_fail_before_the_first_step(tmp_path, monkeypatch,
+                                                                     single_device_mesh):
+  from gen import inception
+  monkeypatch.setattr(inception, "default_weights_path", lambda: tmp_path / "missing.pth")
+  config = tiny_config(num_steps=10_000, eval_every=5_000,
+                       **{"eval.metrics": ("translation_inception", "cycle")})
+  with pytest.raises(UsageError, match=r"(?s)pt_inception-2015-12-05.*curl -L -o"):
+    train.train(config, str(tmp_path / "run"), single_device_mesh)
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def _leaves(state):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import load_config
+from conftest import cycle_gan_config, cycle_gan_images, load_config, mock_cycle_gan
 from gen import UsageError, data, sharding
 
 
@@ -103,3 +103,119 @@ def test_missing_tfds_dataset_names_the_fix(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds, "data_source", offline)
   with pytest.raises(UsageError, match=r"(?s)mnist.*needs the network.*data_dir"):
     data.tfds_images("mnist", "train", str(tmp_path))
+
+
+# --- tfds's unpaired cycle_gan/* (gen.data.cycle_gan), on mocked splits ---
+
+def find_crop(crop, image):
+  """(top, left, flipped) of the size x size window of `image` that `crop` is, or None."""
+  size = crop.shape[0]
+  for flipped in (False, True):
+    window = crop[:, ::-1] if flipped else crop
+    for top, left in itertools.product(range(image.shape[0] - size + 1), repeat=2):
+      if (np.array_equal(image[top, left:left + size], window[0])
+          and np.array_equal(image[top:top + size, left:left + size], window)):
+        return top, left, flipped
+  return None
+
+
+def test_resize_image_keeps_an_image_of_the_size_and_maps_to_model_space():
+  image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(data.resize_image(image, 8), image / np.float32(127.5) - 1)
+  resized = data.resize_image(np.full((10, 7, 1), 51, np.uint8), 6)  # Grey: to 3 channels.
+  assert resized.shape == (6, 6, 3) and np.allclose(resized, 51 / 127.5 - 1)
+
+
+def test_cycle_gan_reads_each_domain_from_its_own_split_resized_without_a_crop():
+  with mock_cycle_gan():
+    train_split = data.load(cycle_gan_config())
+    test = data.load(cycle_gan_config(), "test")
+  assert train_split.domain_sizes == {"input": 5, "x": 7} and train_split.num_examples == 7
+  assert test.domain_sizes == {"input": 6, "x": 8} and test.num_examples == 8
+  assert {n: (s.shape, s.dtype) for n, s in train_split.spec.items()} == {
+      "input": ((32, 32, 3), np.float32), "x": ((32, 32, 3), np.float32)}
+  for split, name in ((train_split, "train"), (test, "test")):
+    rows = split.read(np.arange(split.num_examples))
+    for field, domain in (("input", "A"), ("x", "B")):
+      images = cycle_gan_images(name + domain)
+      assert -1.0 <= rows[field].min() and rows[field].max() <= 1.0
+      for i, row in enumerate(rows[field]):  # Row i: image i mod N of its domain's split.
+        np.testing.assert_array_equal(row, data.resize_image(images[i % len(images)]["image"],
+                                                             32))
+
+
+def test_cycle_gan_training_rows_are_random_crops_and_flips_of_the_286_image():
+  """At the paper's sizes: an A image i's training crop is a 256x256 window of it resized to
+  286x286, or that window mirrored, at an offset drawn from (seed, epoch, index)."""
+  with mock_cycle_gan():
+    split = data.load(cycle_gan_config(286, 256))
+  resized = data.resize_image(cycle_gan_images("trainA")[1]["image"], 286)
+  rows = split.read_augmented(np.array([1, 1, 1]), np.array([0, 1, 0]), 0)["input"]
+  assert rows.shape == (3, 256, 256, 3)
+  np.testing.assert_array_equal(rows[0], rows[2])  # The same (seed, epoch, index).
+  assert find_crop(rows[0], resized) is not None and find_crop(rows[1], resized) is not None
+  assert find_crop(rows[0], resized) != find_crop(rows[1], resized)
+
+
+def test_cycle_gan_crops_flips_and_b_images_vary_over_epochs_and_seeds():
+  with mock_cycle_gan():
+    split = data.load(cycle_gan_config(36, 32))
+  a_images = [data.resize_image(e["image"], 36) for e in cycle_gan_images("trainA")]
+  b_images = [data.resize_image(e["image"], 36) for e in cycle_gan_images("trainB")]
+  epochs = np.arange(24)
+  rows = split.read_augmented(np.full(24, 6), epochs, 0)
+  crops, b_indices = [], []
+  for a, b in zip(rows["input"], rows["x"]):
+    crops.append(find_crop(a, a_images[6 % 5]))  # Row 6 holds A image 1 (of 5).
+    found = [(j, find_crop(b, image)) for j, image in enumerate(b_images)]
+    found = [(j, crop) for j, crop in found if crop is not None]
+    assert len(found) == 1  # A crop of exactly one B image of trainB.
+    b_indices.append(found[0][0])
+    crops.append(found[0][1])
+  assert None not in crops
+  tops, lefts, flips = zip(*crops)
+  assert set(tops) == set(lefts) == set(range(5))  # Offsets 0..36-32, each seen.
+  assert 0.25 < np.mean(flips) < 0.75 and len(set(b_indices)) >= 5
+  again = split.read_augmented(np.full(24, 6), epochs, 0)
+  other_seed = split.read_augmented(np.full(24, 6), epochs, 1)
+  np.testing.assert_array_equal(again["input"], rows["input"])
+  np.testing.assert_array_equal(again["x"], rows["x"])
+  assert not np.array_equal(other_seed["input"], rows["input"])
+
+
+def test_cycle_gan_batches_are_the_same_from_the_same_position(single_device_mesh):
+  with mock_cycle_gan():
+    split = data.load(cycle_gan_config())
+  iterator = data.DeviceIterator(split, 2, seed=3, mesh=single_device_mesh)
+  # 7 rows: three batches an epoch (the 7th row spills into the next one), then epoch 2's.
+  straight = [{k: np.asarray(v) for k, v in next(iterator).items()} for _ in range(8)]
+  iterator.close()
+  head = data.DeviceIterator(split, 2, seed=3, mesh=single_device_mesh)
+  for _ in range(5):
+    next(head)
+  saved = head.state
+  head.close()
+  tail = data.DeviceIterator(split, 2, seed=3, mesh=single_device_mesh, state=saved)
+  for expected in straight[5:]:
+    batch = next(tail)
+    for field in ("input", "x"):
+      np.testing.assert_array_equal(np.asarray(batch[field]), expected[field])
+  tail.close()
+  # Epoch 2 shows the same A images (rows 0-6 again) in other crops than epoch 1.
+  a_first = np.concatenate([b["input"] for b in straight[:3]])
+  a_second = np.concatenate([b["input"] for b in straight[4:7]])
+  assert not any(np.array_equal(x, y) for x in a_first for y in a_second)
+
+
+@pytest.mark.parametrize("config, message", [
+    (cycle_gan_config(32, 36), r"crop_size=36 and load_size=32.*0 < crop_size <= load_size"),
+    (cycle_gan_config(), r"(?s)cycle_gan/horse2zebra' \(split 'trainA'\).*needs the network"
+                         r".*data_dir"),
+])
+def test_cycle_gan_bad_sizes_and_missing_data_name_the_fix(config, message, monkeypatch):
+  def offline(*args, **kwargs):
+    raise ConnectionError("no network")
+  monkeypatch.setattr(tfds, "data_source", offline)
+  monkeypatch.setattr(data, "_reachable", lambda: False)
+  with pytest.raises(UsageError, match=message):
+    data.load(config)

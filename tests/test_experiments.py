@@ -9,8 +9,9 @@ from conftest import EXPERIMENTS, load_config, override
 from gen import cli, train
 from gen.cli import REQUIRED_KEYS
 
-# Experiments whose batch is a reference's, for comparison with it: nanoGPT's quick start.
-REFERENCE_BATCH = {"gpt_pydoc_tiny"}
+# Experiments whose batch is a reference's, for comparison with it: nanoGPT's quick start,
+# the CycleGAN paper's batch of 1.
+REFERENCE_BATCH = {"gpt_pydoc_tiny", "cyclegan_horse2zebra", "cyclegan_monet2photo"}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

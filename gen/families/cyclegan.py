@@ -31,10 +31,14 @@ and the slot are drawn per row from the step's key, so they do not depend on the
 count. At batch size 1 (the paper's) this is the paper's rule exactly: one pool of 50.
 
 Data: an unpaired dataset whose training rows hold an A image "input" and an unrelated B
-image "x", of the same shape, e.g. `digits2styled`; its evaluation split holds each A
-image's true translation. Evaluation: `translation` (pix2pix's, for G; "inverse_"-prefixed
-for F) and `cycle` (F(G(a)) against a, G(F(b)) against b). `--mode=sample` translates A →
-B as pix2pix does, or with `--inverse` B → A.
+image "x", of the same shape: `digits2styled`, whose evaluation split holds each A image's
+true translation, or tfds's `cycle_gan/*` (gen.data.cycle_gan), whose evaluation split has
+none (`Dataset.domain_sizes` says so, and which of its rows hold each domain's images once).
+Evaluation: `translation` (pix2pix's, for G; "inverse_"-prefixed for F; only where the true
+translations are known), `translation_inception` (Inception features of G(a) against the B
+images, of F(b) against the A images: FID needs no truth) and `cycle` (F(G(a)) against a,
+G(F(b)) against b). `--mode=sample` translates A → B as pix2pix does, or with `--inverse`
+B → A.
 """
 import math
 
@@ -282,7 +286,7 @@ sample_flags = {
 def make_sampler(experiment, num_samples: int, input: str | None = None,  # noqa: A002
                  inverse: bool = False):
   """pix2pix's sampler of G (A → B), or with `inverse` of F (B → A): {"samples", "inputs"},
-  and from the evaluation split "targets" (the true translations) and "labels"."""
+  and from a paired evaluation split "targets" (the true translations) and "labels"."""
   if inverse:
     return pix2pix.translation_sampler(experiment, num_samples, input, "inverse_translate",
                                        "x", "input")
@@ -341,17 +345,29 @@ def cycle_metrics(cycled, originals) -> dict[str, float]:
   return {"cycle_l1": l1, "cycle_ssim": float(np.mean(ssim))}
 
 
+def domain_images(split) -> dict[str, np.ndarray]:
+  """{"input": the A images, "x": the B images} of an evaluation split, each image once: of
+  an unpaired split (`domain_sizes`, whose rows repeat the smaller domain) the first N_A
+  rows' "input" and N_B rows' "x", of a paired one every row's."""
+  sizes = split.domain_sizes or {field: split.num_examples for field in ("input", "x")}
+  if sizes["input"] == sizes["x"]:
+    examples = split.read(np.arange(sizes["x"]))
+    return {field: examples[field] for field in ("input", "x")}
+  return {field: split.read(np.arange(sizes[field]))[field] for field in ("input", "x")}
+
+
 def _cycle(context):
-  """F(G(a)) against a, and ("inverse_") G(F(b)) against b, over the evaluation split."""
+  """F(G(a)) against a over the evaluation split's A images, and ("inverse_") G(F(b))
+  against b over its B images."""
   experiment, split = context.experiment, context.split
   batch_spec(experiment.config, split)
-  examples = split.read(np.arange(split.num_examples))
+  images = domain_images(split)
   to_b = pix2pix.translator(experiment, "translate")
   to_a = pix2pix.translator(experiment, "inverse_translate")
   key = jax.random.key(experiment.config.seed)
 
   def cycle(state):
-    a, b = examples["input"], examples["x"]
+    a, b = images["input"], images["x"]
     forward = cycle_metrics(to_a(state, to_b(state, a, key), key), a)
     inverse = cycle_metrics(to_b(state, to_a(state, b, key), key), b)
     return {**forward, **{f"inverse_{k}": v for k, v in inverse.items()}}
@@ -372,10 +388,58 @@ def _cycle_summary(values):
           f"{median_range(values['inverse_cycle_ssim'], 3)} (B→A→B)")
 
 
+# (prefix, function, its inputs, the domain its outputs are scored against)
+_DIRECTIONS = (("", "translate", "input", "x"), ("inverse_", "inverse_translate", "x", "input"))
+
+
+def _translation_inception(context):
+  """gen.evaluate's `inception` metrics of G's translations of the evaluation split's A
+  images against its B images, and ("inverse_") of F's of the B images against the A
+  images: how far each translated set is from the domain it was translated to, which needs
+  no true translation (FID, KID, precision/recall, density/coverage; not the Inception
+  score, which rewards ImageNet classes, not a domain)."""
+  from gen import evaluate  # gen.evaluate builds on the families, not they on it.
+  experiment, split = context.experiment, context.split
+  batch_spec(experiment.config, split)
+  predict = evaluate.inception_predict()  # The weights file, checked before any step.
+  extract = lambda images: evaluate.features(predict, images, evaluate.INCEPTION_BATCH,
+                                             experiment.mesh)
+  images = domain_images(split)
+  references = {field: evaluate.reference_features(
+      context.workdir, f"{split.name}_{field}_{len(images[field])}", images[field], extract,
+      evaluate.INCEPTION) for field in images}
+  translators = {function: pix2pix.translator(experiment, function)
+                 for _, function, _, _ in _DIRECTIONS}
+  key = jax.random.key(experiment.config.seed)
+
+  def translation_inception(state):
+    results = {}
+    for prefix, function, inputs, target in _DIRECTIONS:
+      fake = extract(translators[function](state, images[inputs], key))
+      results.update({prefix + evaluate.inception_name(name): value for name, value in
+                      evaluate.feature_metrics(references[target], fake, score=False).items()})
+    return results
+
+  return translation_inception
+
+
+def _translation_inception_summary(values):
+  if "fid" not in values:
+    return ""
+  return (f"FID of the translations to the other domain {median_range(values['fid'])} (A→B) "
+          f"and {median_range(values['inverse_fid'])} (B→A)")
+
+
+_INCEPTION_HIGHER = ("inception_precision", "inception_recall", "inception_density",
+                     "inception_coverage")
 eval_groups = {
     "translation": EvalGroup(_translation, ("translate", "inverse_translate"), frozenset(
         {*pix2pix.TRANSLATION_METRICS, *(f"inverse_{m}" for m in pix2pix.TRANSLATION_METRICS)}),
         _translation_summary),
+    "translation_inception": EvalGroup(
+        _translation_inception, ("translate", "inverse_translate"),
+        frozenset({prefix + m for prefix in ("", "inverse_") for m in _INCEPTION_HIGHER}),
+        _translation_inception_summary),
     "cycle": EvalGroup(_cycle, ("translate", "inverse_translate"),
                        frozenset({"cycle_ssim", "inverse_cycle_ssim"}), _cycle_summary),
 }

@@ -82,6 +82,10 @@ def batch_spec(config, dataset) -> dict:
     raise UsageError(f"pix2pix needs paired data, examples with an 'input' image and its target "
                      f"'x'; {dataset.name} has only {sorted(dataset.spec)}: use e.g. "
                      f"--config.dataset.name=edges2digits.")
+  if dataset.domain_sizes:
+    raise UsageError(f"pix2pix learns from pairs, and {dataset.name} is unpaired (its 'input' "
+                     f"and 'x' are unrelated): train CycleGAN on it (model.name=cyclegan, e.g. "
+                     f"experiments/cyclegan_horse2zebra.py).")
   return {"input": dataset.spec["input"], "x": dataset.spec["x"]}
 
 
@@ -231,13 +235,17 @@ def make_sampler(experiment, num_samples: int, input: str | None = None):  # noq
 def translation_sampler(experiment, num_samples: int, input: str | None = None,  # noqa: A002
                         function: str = "translate", inputs: str = "input", targets: str = "x"):
   """make_sampler's sampler for the family's `function`, translating the data's `inputs`
-  field (scored against `targets`): CycleGAN samples both of its directions with it."""
+  field (scored against `targets`, where the split is paired): CycleGAN samples both of its
+  directions with it."""
   config = experiment.config
   if input:
     examples = {inputs: _read_inputs(input, experiment.spec[inputs].shape)[:num_samples] * 2 - 1}
   else:
     split = data.load(config.dataset, config.eval.split)
-    examples = split.read(np.arange(min(num_samples, split.num_examples)))
+    available = (split.domain_sizes or {}).get(inputs, split.num_examples)
+    examples = split.read(np.arange(min(num_samples, available)))
+    if split.domain_sizes:  # Unpaired: the rows' other images are no targets.
+      examples = {inputs: examples[inputs]}
   translate = translator(experiment, function)
 
   def sampler(state, key):
@@ -328,6 +336,10 @@ def translation_evaluation(function: str = "translate", inputs: str = "input",
     from gen import classifiers, evaluate  # gen.evaluate builds on the families, not they on it.
     experiment, split = context.experiment, context.split
     config = experiment.config
+    if split.domain_sizes:
+      raise UsageError(f"config.eval.metrics: the translation group scores translations "
+                       f"against their true targets, which {split.name}, unpaired, does not "
+                       f"have; CycleGAN's 'translation_inception' and 'cycle' groups need none.")
     batch_spec(config, split)
     examples = split.read(np.arange(split.num_examples))
     translate = translator(experiment, function)
