@@ -11,7 +11,7 @@ exists: FID of G's zebras against the real test zebras and of F's horses against
 G(F(b)) ≈ b."""
 import ml_collections
 
-from gen.families import cyclegan, gan
+from gen import cli
 
 # tests/test_experiments.py trains two steps (tfds mocked): cyclegan_digits's test model
 # (one narrow residual block, 16x16 patches) on 32x32 crops of 36x36 images, the same
@@ -26,42 +26,21 @@ EPOCH_STEPS = 1334
 
 
 def get_config(name: str = "cycle_gan/horse2zebra", epoch_steps: int = EPOCH_STEPS):
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  # cyclegan_digits's objective, pools and optimizers (the paper's), at the paper's sizes.
+  config = cli.load_config("cyclegan_digits")
   config.batch_size = 1  # Global, over all devices: the paper's.
   config.num_steps = 200 * epoch_steps  # 100 epochs at 2e-4, then 100 decaying to 0.
-  config.log_every = 100
-  config.sample_every = 5 * epoch_steps
-  config.checkpoint_every = 5 * epoch_steps
+  config.sample_every = config.checkpoint_every = 5 * epoch_steps
   config.eval_every = 20 * epoch_steps
-  config.keep_checkpoints = 3
-  config.max_nonfinite_steps = 10  # Skipped non-finite steps in a row before the run stops.
-  config.profile_steps = 0  # > 0: trace this many steps into <workdir>/plugins/profile/.
-  config.steps_per_call = 0  # Train steps per compiled call; 0: 1 on CPUs, 10 on GPUs/TPUs.
-
-  config.dataset = ml_collections.ConfigDict({
-      "name": name, "split": "train", "data_dir": ml_collections.FieldReference(None, str),
-      "load_size": 286,  # Training images are resized to this, then cropped at random to
-      "crop_size": 256,  # this; evaluation images are resized to crop_size.
-  })
-  config.model = ml_collections.ConfigDict({
-      "name": "cyclegan",
-      "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
-      "generator_width": 64,
-      "residual_blocks": 9,  # The paper's at 256x256.
-      "generator_norm": "instance",
-      "discriminator_width": 64,
-      "discriminator_depth": 3,  # 70x70 patches.
-      "discriminator_norm": "instance",
-      "spectral_norm": False,
-  })
-  config.gan = gan.options(loss="least_squares")
-  # gen's least-squares generator loss is ½(D − 1)²; 2 restores the paper's (D − 1)².
-  config.cyclegan = cyclegan.options(adversarial_weight=2.0)
-  adam = {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999}
-  config.optimizer = ml_collections.ConfigDict({
-      "schedule": "constant_then_linear",
-      **{name: dict(adam) for name in cyclegan.MODULES}})
-  config.eval = ml_collections.ConfigDict({
-      "metrics": ("translation_inception", "cycle"), "split": "test", "best_metric": "fid"})
+  config.model.generator_width = config.model.discriminator_width = 64
+  config.model.residual_blocks = 9  # The paper's at 256x256.
+  config.model.discriminator_depth = 3  # 70x70 patches.
+  with config.unlocked():
+    config.dataset = ml_collections.ConfigDict({
+        "name": name, "split": "train", "data_dir": ml_collections.FieldReference(None, str),
+        "load_size": 286,  # Training images are resized to this, then cropped at random to
+        "crop_size": 256,  # this; evaluation images are resized to crop_size.
+    })
+    config.eval = ml_collections.ConfigDict({
+        "metrics": ("translation_inception", "cycle"), "split": "test", "best_metric": "fid"})
   return config
