@@ -55,7 +55,8 @@ def _gen_side(config, fields):
 def _gen_param_sizes(experiment: str) -> dict[str, list[int]]:
   """{module name: sorted sizes of its params}, BatchNorm statistics (batch_stats) excluded."""
   config = load_config(experiment)
-  family, modules, optimizers, spec = _gen_side(config, torch_reference.EXPERIMENTS[experiment].fields)
+  fields = torch_reference.EXPERIMENTS[experiment].fields
+  family, modules, optimizers, spec = _gen_side(config, fields)
   # The family's own initial state, shapes only: nothing to compute.
   state = jax.eval_shape(lambda: family.init_state(modules, optimizers, config, spec,
                                                    jax.random.key(0)))
