@@ -21,8 +21,8 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 8  # Global, over all devices (the paper's is 1).
-  # 15 minutes on 2 CPU cores; its first 500 steps (the constant learning rate) are those of
-  # the 1,500-step run the README reports at step 500.
+  # 13.9 minutes on 2 CPU cores shared with other work (gen.results, seed 0): test SSIM 0.928
+  # A→B and 0.937 B→A, label preservation 98.3% and 97.5%, cycle SSIM 0.962 and 0.939.
   config.num_steps = 1000
   config.log_every = 100
   config.sample_every = 500

@@ -27,8 +27,8 @@ def get_config():
   config.model = ml_collections.ConfigDict({
       "name": "pix2pix",
       "dtype": "float32",  # "bfloat16" computes in bf16 (GPU/TPU); params stay float32.
-      # A quarter of the paper's 64, for 2 CPU cores: 3,000 steps reached test SSIM 0.932,
-      # PSNR 25.8 dB and 96.9% label preservation in 8.6 minutes (800 steps: 0.90, 96.1%).
+      # A quarter of the paper's 64, for 2 CPU cores: 3,000 steps reached test SSIM 0.934,
+      # PSNR 26.0 dB and 97.2% label preservation in 5.2 minutes (gen.results, seed 0).
       "generator_width": 16,
       "generator_depth": 0,  # 0: down to 1x1, log2 of the side.
       "generator_norm": "batch",

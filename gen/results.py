@@ -79,7 +79,7 @@ def run(name: str, seed: int, workdir: str, overrides=(), previous: dict | None 
     _override(config, assignment)
   if previous and os.path.exists(os.path.join(workdir, "checkpoints", str(config.num_steps))):
     return previous
-  start = time.perf_counter()
+  start, revision = time.perf_counter(), commit()  # What trained it, not what is there after.
   train.train(config, workdir)
   seconds = time.perf_counter() - start
   best_path = os.path.join(workdir, "eval", "best.json")
@@ -89,7 +89,7 @@ def run(name: str, seed: int, workdir: str, overrides=(), previous: dict | None 
       best = json.load(f)
   return {"seed": seed, "num_steps": config.num_steps, "best": best, "wall_seconds": seconds,
           "evals": {str(k): v for k, v in report.read_evals(workdir).items()},
-          "commit": commit(), "cpu": bench.describe_cpu(),
+          "commit": revision, "cpu": bench.describe_cpu(),
           "date": datetime.date.today().isoformat(), "overrides": list(overrides)}
 
 
