@@ -25,19 +25,20 @@ TEST_OVERRIDES = {"model.generator_width": 4, "model.residual_blocks": 1,
 EPOCH_STEPS = 1334
 
 
-def get_config(name: str = "cycle_gan/horse2zebra", epoch_steps: int = EPOCH_STEPS):
+def get_config():
   # cyclegan_digits's objective, pools and optimizers (the paper's), at the paper's sizes.
   config = cli.load_config("cyclegan_digits")
   config.batch_size = 1  # Global, over all devices: the paper's.
-  config.num_steps = 200 * epoch_steps  # 100 epochs at 2e-4, then 100 decaying to 0.
-  config.sample_every = config.checkpoint_every = 5 * epoch_steps
-  config.eval_every = 20 * epoch_steps
+  config.num_steps = 200 * EPOCH_STEPS  # 100 epochs at 2e-4, then 100 decaying to 0.
+  config.sample_every = config.checkpoint_every = 5 * EPOCH_STEPS
+  config.eval_every = 20 * EPOCH_STEPS
   config.model.generator_width = config.model.discriminator_width = 64
   config.model.residual_blocks = 9  # The paper's at 256x256.
   config.model.discriminator_depth = 3  # 70x70 patches.
   with config.unlocked():
     config.dataset = ml_collections.ConfigDict({
-        "name": name, "split": "train", "data_dir": ml_collections.FieldReference(None, str),
+        "name": "cycle_gan/horse2zebra", "split": "train",
+        "data_dir": ml_collections.FieldReference(None, str),
         "load_size": 286,  # Training images are resized to this, then cropped at random to
         "crop_size": 256,  # this; evaluation images are resized to crop_size.
     })

@@ -3,18 +3,18 @@
 photos as B; 121 and 751 in the test split; downloads on first use). Scored by the FID of
 G's paintings-made-photos against the test photos and of F's photos-made-Monets against the
 test paintings, and by the cycles."""
-import importlib.util
-import os
+from gen import cli
 
-_spec = importlib.util.spec_from_file_location(
-    "experiments.cyclegan_horse2zebra",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "cyclegan_horse2zebra.py"))
-_horse2zebra = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_horse2zebra)
-
-TEST_OVERRIDES = _horse2zebra.TEST_OVERRIDES
+TEST_OVERRIDES = cli.test_overrides("cyclegan_horse2zebra")
 EPOCH_STEPS = 6287  # max(|trainA|, |trainB|) rows: the photos.
 
 
 def get_config():
-  return _horse2zebra.get_config("cycle_gan/monet2photo", EPOCH_STEPS)
+  config = cli.load_config("cyclegan_horse2zebra")
+  config.dataset.name = "cycle_gan/monet2photo"
+  # horse2zebra's schedule in epochs: 200 in all, samples and checkpoints every 5, evaluations
+  # every 20.
+  config.num_steps = 200 * EPOCH_STEPS
+  config.sample_every = config.checkpoint_every = 5 * EPOCH_STEPS
+  config.eval_every = 20 * EPOCH_STEPS
+  return config

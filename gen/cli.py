@@ -41,6 +41,18 @@ def load_config(name: str, test_overrides: bool = False):
   With `test_overrides`, the file's TEST_OVERRIDES ({dotted key: value}, where it has one) are
   set too: what it shrinks for tests and other runs of a few steps (a notebook under the
   tests), where its own model would take most of their time to compile."""
+  module = _experiment_module(name)
+  config = module.get_config()
+  config.lock()
+  return set_keys(config, getattr(module, "TEST_OVERRIDES", {}) if test_overrides else {})
+
+
+def test_overrides(name: str) -> dict:
+  """experiments/<name>.py's TEST_OVERRIDES ({dotted key: value}; {} where it has none)."""
+  return dict(getattr(_experiment_module(name), "TEST_OVERRIDES", {}))
+
+
+def _experiment_module(name: str):
   from gen import UsageError
   directory = experiments_dir()
   if name not in experiments(directory):
@@ -50,14 +62,18 @@ def load_config(name: str, test_overrides: bool = False):
                                                 os.path.join(directory, f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  config.lock()
-  for key, value in (getattr(module, "TEST_OVERRIDES", {}) if test_overrides else {}).items():
+  return module
+
+
+def set_keys(config, values: dict):
+  """Sets dotted keys ("model.latent_dim") of `config`; on a locked config a key it lacks
+  raises. Returns `config`."""
+  for key, value in values.items():
     node = config
     *parents, leaf = key.split(".")
     for parent in parents:
       node = node[parent]
-    node[leaf] = value  # Locked: a key the config lacks raises.
+    node[leaf] = value
   return config
 
 

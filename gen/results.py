@@ -15,6 +15,7 @@ and kept in the JSON, and never change the README. The digits classifier's own f
 real training split scored against the test split in the same features, is computed too.
 """
 import datetime
+import functools
 import json
 import os
 import re
@@ -61,11 +62,8 @@ def _override(config, assignment: str) -> None:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
     value = text
-  node = config
-  *parents, leaf = key.split(".")
-  for parent in parents:
-    node = node[parent]
-  node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], float) else value
+  current = functools.reduce(lambda node, part: node[part], key.split("."), config)
+  cli.set_keys(config, {key: type(current)(value) if isinstance(current, float) else value})
 
 
 def run(name: str, seed: int, workdir: str, overrides=(), previous: dict | None = None) -> dict:

@@ -50,13 +50,7 @@ def load_config(name: str, **overrides):
 
 def override(config, values: dict):
   """Sets dotted keys ("model.latent_dim") of a locked config; unknown keys raise."""
-  for key, value in values.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return cli.set_keys(config, values)
 
 
 def tiny(config, **overrides):

@@ -13,7 +13,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from conftest import ROOT, UNOPTIMIZED, load_config  # noqa: E402
-from gen import families, models  # noqa: E402
+from gen import cli, families, models  # noqa: E402
 
 
 def _torch_reference():
@@ -30,13 +30,8 @@ torch_reference = _torch_reference()
 def _test_sizes(experiment: str) -> dict:
   """The model sizes the experiment's TEST_OVERRIDES shrink ({"generator_width": 4, ...}), as
   keyword arguments of its reference's builder: one narrow residual block instead of six."""
-  spec = importlib.util.spec_from_file_location(experiment,
-                                                ROOT / "experiments" / f"{experiment}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   return {key.removeprefix("model."): value
-          for key, value in getattr(module, "TEST_OVERRIDES", {}).items()
-          if key.startswith("model.")}
+          for key, value in cli.test_overrides(experiment).items() if key.startswith("model.")}
 
 
 def _gen_side(config, fields):
