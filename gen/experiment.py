@@ -142,8 +142,10 @@ class Experiment:
       new, metrics = train_step(state, batch, step_key(state))
       learned = lambda s: (s.modules, s.family_state)
       finite = all_finite((metrics, learned(new)))
-      keep = lambda updated, previous: jnp.where(finite, updated, previous)
-      modules, family_state = jax.tree.map(keep, learned(new), learned(state))
+      # One conditional rather than a select per leaf: XLA fuses the flag's `and` over every
+      # leaf into each select, a program quadratic in the number of leaves (CycleGAN's step:
+      # 200,000 HLO lines, 40 s to compile).
+      modules, family_state = jax.lax.cond(finite, lambda: learned(new), lambda: learned(state))
       new = new.replace(modules=modules, family_state=family_state)
       return new, {**metrics, "update_skipped": 1.0 - finite.astype(np.float32)}
 
