@@ -1,5 +1,6 @@
 """Faults a long run meets: signals, kill -9, damaged checkpoints and non-finite steps."""
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -210,10 +211,14 @@ def overwrite_array_data(checkpoints, step, abstract_state):
   files = sorted((f for f in (path / "state").rglob("*") if f.is_file() and f.parent.name == "d"),
                  key=lambda f: -f.stat().st_size)
   noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-  for file in files:
+  # Where a chunk is stored compressed, an overwrite there fails to decode (which is caught
+  # anyway); which parts of the files hold raw data depends on the values, so several places
+  # are tried.
+  for file, fraction in itertools.product(files, (0.1, 0.3, 0.5, 0.7, 0.9)):
     original = file.read_bytes()
-    offset = len(original) // 10
-    file.write_bytes(original[:offset] + noise[:len(original) - offset] + original[offset + 4096:])
+    offset = int(len(original) * fraction)
+    size = min(4096, len(original) - offset)
+    file.write_bytes(original[:offset] + noise[:size] + original[offset + size:])
     bad = _restored_by_orbax_alone(checkpoints, step, abstract_state)
     if bad is not None and any(not np.array_equal(a, b) for a, b in zip(
         _leaves(good), _leaves(bad))):
