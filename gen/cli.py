@@ -41,7 +41,7 @@ def load_config(name: str, test_overrides: bool = False):
   With `test_overrides`, the file's TEST_OVERRIDES ({dotted key: value}, where it has one) are
   set too: what it shrinks for tests and other runs of a few steps (a notebook under the
   tests), where its own model would take most of their time to compile."""
-  module = _experiment_module(name)
+  module = experiment_module(name)
   config = module.get_config()
   config.lock()
   return set_keys(config, getattr(module, "TEST_OVERRIDES", {}) if test_overrides else {})
@@ -49,10 +49,11 @@ def load_config(name: str, test_overrides: bool = False):
 
 def test_overrides(name: str) -> dict:
   """experiments/<name>.py's TEST_OVERRIDES ({dotted key: value}; {} where it has none)."""
-  return dict(getattr(_experiment_module(name), "TEST_OVERRIDES", {}))
+  return dict(getattr(experiment_module(name), "TEST_OVERRIDES", {}))
 
 
-def _experiment_module(name: str):
+def experiment_module(name: str):
+  """experiments/<name>.py as a module (its get_config and what else it defines)."""
   from gen import UsageError
   directory = experiments_dir()
   if name not in experiments(directory):
