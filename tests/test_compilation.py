@@ -1,9 +1,10 @@
 """The loop compiles its programs once, however many steps, logs, samples and checkpoints it runs."""
 import jax
+import numpy as np
 import pytest
 
 from conftest import load_config, tiny
-from gen import train
+from gen import experiment as experiment_lib, train
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -32,8 +33,6 @@ def test_compilations_do_not_grow_with_steps(name, tmp_path, single_device_mesh)
 def test_the_non_finite_guard_checks_each_leaf_once(single_device_mesh):
   # The guard's flag, fused into a select per leaf, once made the step's program quadratic in
   # its number of leaves (CycleGAN's: 200,000 lines of HLO, 40 s to compile unoptimised).
-  import numpy as np
-  from gen import experiment as experiment_lib
   experiment = experiment_lib.build(tiny(load_config("gan_ring2d")), single_device_mesh)
   state = experiment.init_state()
   program = experiment.compile_train_step(state).as_text()
