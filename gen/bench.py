@@ -50,33 +50,64 @@ VENDOR_PEAKS = {
 }
 
 
-def cpu() -> dict:
-  """The CPU this runs on: {"model", "vector" (its widest vector and matrix extensions, e.g.
-  "AVX-512 (BF16, VNNI)"), "cores"}, read from /proc/cpuinfo where there is one."""
+# Cloud VMs often report a bare "AMD EPYC" or "Intel(R) Xeon(R) Processor", under which CPUs
+# of very different speed hide: (vendor, family) -> [(first model, last model, name)].
+MICROARCHITECTURES = {
+    ("AuthenticAMD", 23): [(0x00, 0x2f, "Zen"), (0x30, 0xff, "Zen 2")],
+    ("AuthenticAMD", 25): [(0x00, 0x0f, "Zen 3"), (0x10, 0x1f, "Zen 4"), (0x20, 0x5f, "Zen 3"),
+                           (0x60, 0xaf, "Zen 4")],
+    ("AuthenticAMD", 26): [(0x00, 0xff, "Zen 5")],
+    ("GenuineIntel", 6): [(85, 85, "Skylake/Cascade Lake"), (106, 106, "Ice Lake"),
+                          (143, 143, "Sapphire Rapids"), (173, 173, "Granite Rapids"),
+                          (175, 175, "Sierra Forest"), (207, 207, "Emerald Rapids")],
+}
+
+
+def microarchitecture(vendor: str, family: int, model: int) -> str:
+  """E.g. "Zen 5" for ("AuthenticAMD", 26, 2); "family F model M" where it is not known."""
+  for first, last, name in MICROARCHITECTURES.get((vendor, family), []):
+    if first <= model <= last:
+      return name
+  return f"family {family} model {model}"
+
+
+def cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
+  """The CPU this runs on: {"model", "microarchitecture" (x86: e.g. "Zen 5", else ""), "vector"
+  (its widest vector and matrix extensions, e.g. "AVX-512 (BF16, VNNI)"), "cores"}, read from
+  `cpuinfo` where there is one."""
   import platform
-  model, features = platform.processor() or platform.machine(), set()
+  model, features, fields = platform.processor() or platform.machine(), set(), {}
   try:
-    with open("/proc/cpuinfo") as f:
+    with open(cpuinfo) as f:
       for line in f:
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and model in (platform.machine(), platform.processor()):
+        key = key.strip()
+        if key == "model name" and model in (platform.machine(), platform.processor()):
           model = value.strip()
-        elif key.strip() in ("flags", "Features"):
+        elif key in ("flags", "Features"):
           features = set(value.split())
+        elif key in ("vendor_id", "cpu family", "model"):
+          fields.setdefault(key, value.strip())
   except OSError:
     pass
   extras = [name for flag, name in (("avx512_bf16", "BF16"), ("avx512_vnni", "VNNI"),
                                     ("amx_tile", "AMX")) if flag in features]
   vector = ("AVX-512" if "avx512f" in features else "AVX2" if "avx2" in features else
             "NEON" if "asimd" in features else "no AVX2")
-  return {"model": model, "vector": vector + (f" ({', '.join(extras)})" if extras else ""),
+  arch = ""
+  if fields.get("cpu family", "").isdigit() and fields.get("model", "").isdigit():
+    arch = microarchitecture(fields.get("vendor_id", ""), int(fields["cpu family"]),
+                             int(fields["model"]))
+  return {"model": model, "microarchitecture": arch,
+          "vector": vector + (f" ({', '.join(extras)})" if extras else ""),
           "cores": os.cpu_count()}
 
 
 def describe_cpu() -> str:
-  """E.g. "AMD EPYC, AVX2, 2 cores"."""
+  """E.g. "AMD EPYC (Zen 3), AVX2, 2 cores"."""
   info = cpu()
-  return f"{info['model']}, {info['vector']}, {info['cores']} cores"
+  arch = f" ({info['microarchitecture']})" if info["microarchitecture"] else ""
+  return f"{info['model']}{arch}, {info['vector']}, {info['cores']} cores"
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -47,6 +47,24 @@ def test_the_peak_is_the_compute_dtypes():
       ("NVIDIA H100 80GB HBM3", "float32")]
 
 
+def test_the_cpu_is_named_by_its_microarchitecture(tmp_path):
+  # Two cloud CPUs that both call themselves "AMD EPYC": a Zen 3 (Milan) and a Zen 5 (Turin).
+  from gen import bench
+  names = []
+  for family, model, flags in ((25, 1, "avx2"), (26, 2, "avx2 avx512f avx512_bf16")):
+    cpuinfo = tmp_path / f"cpuinfo-{family}"
+    cpuinfo.write_text("".join(
+        f"processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n"
+        f"model\t\t: {model}\nmodel name\t: AMD EPYC\nflags\t\t: fpu {flags}\n\n"
+        for i in range(2)))
+    names.append(bench.cpu(str(cpuinfo)))
+  assert [(n["microarchitecture"], n["vector"]) for n in names] == [
+      ("Zen 3", "AVX2"), ("Zen 5", "AVX-512 (BF16)")]
+  assert bench.microarchitecture("AuthenticAMD", 25, 0x11) == "Zen 4"  # Genoa.
+  assert bench.microarchitecture("GenuineIntel", 6, 143) == "Sapphire Rapids"
+  assert bench.microarchitecture("GenuineIntel", 6, 42) == "family 6 model 42"
+
+
 def test_bench_rejects_an_unknown_experiment():
   result = subprocess.run([sys.executable, "-m", "gen.bench", "dcgan_digitz"], cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=60)
