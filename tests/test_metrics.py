@@ -189,6 +189,16 @@ def test_ball_membership_ties_on_an_integer_lattice():
     np.testing.assert_allclose(result[key], value, rtol=1e-12, err_msg=key)
 
 
+def test_knn_radii_count_tied_and_duplicate_neighbours_one_at_a_time():
+  # Repeated lattice points: many rows hold the same distance several times (0 among them),
+  # and the k-th radius is index k of the sorted row, ties each counted, as np.sort's.
+  points = np.random.default_rng(15).integers(0, 4, size=(200, 2)).astype(np.float32)
+  for k in (3, 5):
+    squared = scipy.spatial.distance.cdist(points, points, "sqeuclidean")
+    np.testing.assert_array_equal(metrics._knn_squared_radii(points, k, 64),
+                                  np.sort(squared, axis=1)[:, k])
+
+
 # --- PSNR, SSIM ---------------------------------------------------------------------------
 
 
