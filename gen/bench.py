@@ -215,7 +215,7 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   step = experiment.compile_train_step(state, per_call)
   compile_s = time.perf_counter() - start
 
-  flops_per_step = experiment_lib.flops_per_step(step) / per_call
+  flops_per_step = experiment_lib.flops_per_step(step)
 
   batch = device_batch(experiment)
   if per_call > 1:

@@ -229,7 +229,9 @@ def all_finite(tree) -> jax.Array:
 
 
 def flops_per_step(compiled) -> float:
-  """FLOPs of one call of a compiled program, from XLA's cost analysis (0 when unknown)."""
+  """FLOPs of one train step of a compiled step program, from XLA's cost analysis (0 when
+  unknown). XLA counts a loop's body once, whatever its trip count, so the program of
+  `steps_per_call` steps in a `lax.scan` reports one step's FLOPs too."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return float((cost or {}).get("flops", 0.0))

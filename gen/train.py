@@ -190,7 +190,7 @@ def _train(experiment, workdir: str, checkpointer: checkpoint.Checkpointer,
   compile_start = time.perf_counter()
   per_call = experiment.steps_per_call
   compiled = {per_call: experiment.compile_train_step(state, per_call)}
-  step_flops = experiment_lib.flops_per_step(compiled[per_call]) / per_call
+  step_flops = experiment_lib.flops_per_step(compiled[per_call])
   logging.info("Compiled the train step%s in %.1f s (%.3g FLOP per step).",
                f" ({per_call} steps a call)" if per_call > 1 else "",
                time.perf_counter() - compile_start, step_flops)
