@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from gen.models import layers
-from gen.models.layers import Conv, ConvTranspose, Dropout
+from gen.models.layers import Conv, ConvTranspose, Dropout, InstanceNorm
 
 from conftest import UNOPTIMIZED
 
@@ -65,6 +66,20 @@ def test_conv_matches_flax(kernel, stride, size, channels, lowering):
   _assert_same_function(nn.Conv(cout, (kernel, kernel), strides=(stride, stride), padding="SAME"),
                         Conv(cout, (kernel, kernel), strides=(stride, stride)), x,
                         (2, out(size), out(size + 1), cout))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 3), (3, 1, 1, 4)])  # A 1x1 image: zero variance.
+def test_instance_norm_matches_flax(shape):
+  x = 3.0 * jax.random.normal(jax.random.key(0), shape) + 1.0
+  _assert_same_function(nn.InstanceNorm(epsilon=1e-5), InstanceNorm(epsilon=1e-5), x, shape)
+
+
+def test_instance_norm_gradients_are_the_functions():
+  # Its backward pass is written out: check it against finite differences, scale and bias too.
+  x = 2.0 * jax.random.normal(jax.random.key(0), (2, 4, 3, 5)) - 1.0
+  scale, bias = jax.random.normal(jax.random.key(1), (5,)), jax.random.normal(jax.random.key(2), (5,))
+  check_grads(lambda x, s, b: layers.instance_norm(x, s, b, 1e-5), (x, scale, bias),
+                            order=1, modes=("rev",), atol=2e-2, rtol=2e-2)
 
 
 def test_dropout_keeps_the_rate_scales_and_is_identity_when_deterministic():

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from gen import UsageError, checks
-from gen.models.layers import Conv, ConvTranspose, Dropout, maybe_spectral_norm
+from gen.models.layers import Conv, ConvTranspose, Dropout, InstanceNorm, maybe_spectral_norm
 
 NORMS = ("batch", "instance", "none")
 KERNEL = 4  # The paper's 4x4 kernels throughout.
@@ -51,7 +51,7 @@ def _norm(kind: str, train: bool, dtype):
   if kind == "batch":
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
   if kind == "instance":
-    return nn.InstanceNorm(epsilon=1e-5, dtype=dtype)
+    return InstanceNorm(epsilon=1e-5, dtype=dtype)
   return lambda x: x
 
 
