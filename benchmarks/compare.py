@@ -3,6 +3,7 @@
   python benchmarks/compare.py [--experiments=dcgan_mnist,vae_mnist] [--batch_size=128]
                                [--steps=30] [--repeats=3] [--output=benchmarks/results.md]
                                [--readme=README.md] [--torch_channels_last]
+                               [--gen_dtypes=float32,bfloat16]
   python benchmarks/compare.py --experiments=gpt_pydoc_tiny --batch_size=0     # tokens/s
   python benchmarks/compare.py --experiments=gpt_pydoc_tiny --train --repeats=1  # and quality
 
@@ -12,7 +13,9 @@ for every experiment, each in a fresh process; the table reports the medians ove
 Alternating the two spreads any drift in the machine's load over both. The table is one block
 of benchmarks/results.md, headed by the CPU it ran on (model, vector extensions, cores) and the
 library versions: a run on another kind of CPU adds its own block, a run on the same kind
-replaces it. `--train` (GPT experiments) also trains each side for the config's num_steps
+replaces it. `--gen_dtypes=float32,bfloat16` also times gen computing in bf16 (params float32)
+in the same alternation, a row of its own against the same float32 PyTorch runs: on CPUs with
+AVX512_BF16 it is a different comparison, not the float32 one. `--train` (GPT experiments) also trains each side for the config's num_steps
 from its defaults, seed r in repeat r, alternating, and adds a table of the validation
 losses (gen's `likelihood` group; the reference on the same windows). With --readme, the README's Performance blocks (between `<!-- performance:begin
 -->` and `<!-- performance:end -->`) are rewritten from results.md.
@@ -162,12 +165,17 @@ def main(argv=None):
   parser.add_argument("--readme", default="", help="also rewrite this README's Performance blocks")
   parser.add_argument("--train", action="store_true",
                       help="GPT experiments: also train both sides and compare validation losses")
+  parser.add_argument("--gen_dtypes", default="float32",
+                      help="gen's compute dtypes, comma-separated: a row each (float32, bfloat16)")
   parser.add_argument("--torch_channels_last", action="store_true",
                       help="run the PyTorch references in NHWC memory format, like gen")
   args = parser.parse_args(argv)
   if args.repeats < 1:
     parser.error("--repeats must be at least 1")
   experiments = [e for arg in args.experiments for e in arg.split(",") if e]
+  dtypes = [d for d in args.gen_dtypes.split(",") if d]
+  if not dtypes or set(dtypes) - {"float32", "bfloat16"}:
+    parser.error(f"--gen_dtypes={args.gen_dtypes!r}: float32 and/or bfloat16, comma-separated")
 
   env = dict(os.environ)
   # Both sides on the CPU unless the caller chose otherwise: the comparison is per machine.
@@ -176,32 +184,36 @@ def main(argv=None):
   if args.batch_size:
     flags.append(f"--batch_size={args.batch_size}")
   references = {e: reference(e) for e in experiments}
-  runs = {(e, side): [] for e in experiments for side in ("gen", "torch")}
+  runs = {(e, side): [] for e in experiments for side in (*dtypes, "torch")}
   for repeat in range(args.repeats):
     for experiment in experiments:
       torch_flags = flags + (["--channels_last"] if args.torch_channels_last
                              and references[experiment] == DEFAULT_REFERENCE else [])
-      runs[experiment, "gen"].append(_run(
-          "gen.bench", [sys.executable, "-m", "gen.bench", experiment, *flags, "--nolaunches"],
-          env))
+      for dtype in dtypes:
+        runs[experiment, dtype].append(_run("gen.bench", [
+            sys.executable, "-m", "gen.bench", experiment, *flags, "--nolaunches",
+            f"--config.model.dtype={dtype}"], env))
       runs[experiment, "torch"].append(_run(
           references[experiment].stem,
           [sys.executable, str(references[experiment]), experiment, *torch_flags], env))
       key = throughput_key(runs[experiment, "torch"][-1])
       print(f"repeat {repeat + 1}/{args.repeats} {experiment}: "
-            f"gen {runs[experiment, 'gen'][-1][key]:.0f}, "
+            + "".join(f"gen {d} {runs[experiment, d][-1][key]:.0f}, " for d in dtypes) +
             f"PyTorch {runs[experiment, 'torch'][-1][key]:.0f} {key.replace('_per_sec', '/s')}",
             file=sys.stderr, flush=True)
 
   rows = []
   for experiment in experiments:
-    gen_runs, torch_runs = runs[experiment, "gen"], runs[experiment, "torch"]
+    torch_runs = runs[experiment, "torch"]
     key = throughput_key(torch_runs[0])
-    mfus = [r["mfu"] for r in gen_runs if r.get("mfu") is not None]
-    rows.append({"experiment": experiment, "unit": key.removesuffix("_per_sec"),
-                 "batch_size": torch_runs[0]["batch_size"],
-                 "gen": [r[key] for r in gen_runs], "torch": [r[key] for r in torch_runs],
-                 "mfu": statistics.median(mfus) if mfus else None})
+    for dtype in dtypes:
+      gen_runs = runs[experiment, dtype]
+      mfus = [r["mfu"] for r in gen_runs if r.get("mfu") is not None]
+      label = experiment if dtype == "float32" else f"{experiment}, gen in {dtype}"
+      rows.append({"experiment": label, "unit": key.removesuffix("_per_sec"),
+                   "batch_size": torch_runs[0]["batch_size"],
+                   "gen": [r[key] for r in gen_runs], "torch": [r[key] for r in torch_runs],
+                   "mfu": statistics.median(mfus) if mfus else None})
   quality = []
   if args.train:
     for repeat in range(args.repeats):
