@@ -91,12 +91,15 @@ def join_batches(*batches: jax.Array) -> jax.Array:
   would move half the rows to other devices (all-gathers on every step); interleaving keeps
   each device's rows on it. `split_batches` undoes it.
   """
-  return jnp.stack(batches, axis=1).reshape(-1, *batches[0].shape[1:])
+  return jnp.stack(batches, axis=1).reshape(len(batches) * batches[0].shape[0],
+                                            *batches[0].shape[1:])
 
 
 def split_batches(joined: jax.Array, n: int) -> tuple[jax.Array, ...]:
   """The `n` batches that `join_batches` joined."""
-  rows = joined.reshape(-1, n, *joined.shape[1:])
+  # Sizes spelled out (here and in join_batches): -1 cannot be inferred when a trailing axis
+  # is 0 wide (an InfoGAN with no continuous codes).
+  rows = joined.reshape(joined.shape[0] // n, n, *joined.shape[1:])
   return tuple(rows[:, i] for i in range(n))
 
 

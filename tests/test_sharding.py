@@ -82,3 +82,18 @@ def test_indivisible_batch_is_a_clear_error():
   with pytest.raises(UsageError, match=r"batch_size=12 .* multiple of the device count \(8"):
     sharding.check_batch_size(12, mesh)
   sharding.check_batch_size(16, mesh)
+
+
+@pytest.mark.parametrize("shape", [(12, 3), (12, 0), (12,)])
+def test_split_batches_undoes_join_batches(shape):
+  """Also for rows of no width: an InfoGAN with no continuous codes splits Q's [2B, 0] means
+  into the real and the fake halves."""
+  a, b = np.arange(np.prod(shape)).reshape(shape), -np.arange(np.prod(shape)).reshape(shape) - 1
+  joined = sharding.join_batches(a, b)
+  assert joined.shape == (2 * shape[0], *shape[1:])
+  if shape[1:] != (0,):
+    np.testing.assert_array_equal(joined[1::2], b)  # Interleaved: a0, b0, a1, b1, ...
+  first, second = sharding.split_batches(joined, 2)
+  np.testing.assert_array_equal(first, a)
+  np.testing.assert_array_equal(second, b)
+  assert first.shape == second.shape == shape
