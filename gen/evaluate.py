@@ -98,6 +98,25 @@ def feature_metrics(reference: dict, fake: dict, score: bool = True) -> dict:
   return results
 
 
+def matched_precision_recall(reference: dict, fake: dict, size: int) -> dict:
+  """{"matched_precision", "matched_recall"}: precision and recall of the fakes in disjoint
+  subsets of `size`, averaged; {} when the fakes hold no such subset.
+
+  Recall's balls are the fakes' k-th-neighbour radii, which shrink as the fakes grow in
+  number: the same generator's recall of the test split is 0.80 at 10,000 digits samples and
+  0.89 at 1,438 (dcgan_digits, 10,000 steps). A real split scored as samples (the floor of
+  gen.results) is comparable only at its own size.
+  """
+  subsets = len(fake["features"]) // size
+  if not subsets:
+    return {}
+  scores = [metrics.precision_recall(reference["features"],
+                                     fake["features"][i * size:(i + 1) * size])
+            for i in range(subsets)]
+  return {f"matched_{name}": float(np.mean([score[name] for score in scores]))
+          for name in ("precision", "recall")}
+
+
 def _modes(context):
   if context.split.name not in data.MIXTURES:
     raise UsageError(f"The modes group needs a 2D mixture ({sorted(data.MIXTURES)}); "
@@ -126,6 +145,9 @@ def _feature_group(context, predict, extractor: str, batch_size: int, rename,
     fake = extract(images)
     throughput = len(fake["features"]) / (time.perf_counter() - start)
     results = {rename(k): v for k, v in feature_metrics(reference, fake).items()}
+    # At the training split's size too: the floor scores that split as samples.
+    matched = matched_precision_recall(reference, fake, experiment.dataset.num_examples)
+    results.update({rename(k): v for k, v in matched.items()})
     if label_accuracy and experiment.num_classes:
       accuracy = np.mean(fake["probabilities"].argmax(-1) == requested)
       results[rename("label_accuracy")] = float(accuracy)
@@ -205,6 +227,10 @@ def _classifier_summary(v):
   if "fd" in v:
     parts.append(f"classifier FD {median_range(v['fd'])}, precision "
                  f"{median_range(v['precision'], 2)}, recall {median_range(v['recall'], 2)}")
+    if "matched_recall" in v:
+      parts.append(f"at the training split's size precision "
+                   f"{median_range(v['matched_precision'], 2)}, recall "
+                   f"{median_range(v['matched_recall'], 2)}")
   return "; ".join(parts)
 
 

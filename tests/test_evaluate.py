@@ -55,3 +55,22 @@ def test_evaluation_on_8_devices_matches_1_device(tmp_path):
   one, eight = results
   for key in ("fd", "kid", "classifier_score", "precision", "recall", "density", "coverage"):
     np.testing.assert_allclose(eight[key], one[key], rtol=1e-3, atol=1e-3, err_msg=key)
+
+
+def test_matched_precision_recall_scores_samples_at_the_floors_size():
+  """Fakes that are the floor's own samples five times over, shuffled: at the floor's size each
+  subset is those samples again, so the matched scores are the floor's exactly; over all of
+  them every fake has duplicates within its k = 3 nearest, its ball shrinks to a point, and
+  recall collapses. Too few fakes for one subset: no matched scores."""
+  from gen import evaluate, metrics
+  rng = np.random.default_rng(0)
+  reference = {"features": rng.normal(size=(120, 6))}
+  samples = rng.normal(size=(200, 6)) + 0.3
+  fake = {"features": np.concatenate([samples[rng.permutation(200)] for _ in range(5)])}
+  floor = metrics.precision_recall(reference["features"], samples)
+  matched = evaluate.matched_precision_recall(reference, fake, 200)
+  assert matched == pytest.approx({"matched_precision": floor["precision"],
+                                   "matched_recall": floor["recall"]}, rel=1e-12)
+  assert 0.3 < floor["recall"] < 1.0
+  assert metrics.precision_recall(reference["features"], fake["features"])["recall"] < 0.1
+  assert evaluate.matched_precision_recall(reference, {"features": samples[:150]}, 200) == {}
