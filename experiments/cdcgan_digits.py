@@ -5,8 +5,7 @@ from gen import cli
 
 def get_config():
   # dcgan_digits's first training: what this model's README row was measured with.
-  config = cli.set_keys(cli.load_config("dcgan_digits"),
-                        cli.experiment_module("dcgan_digits").FIRST_TRAINING)
+  config = cli.experiment_module("dcgan_digits").first_training_config()
   with config.unlocked():
     config.model.update(dict(num_classes=10, conditioning="projection", spectral_norm=False))
   return config

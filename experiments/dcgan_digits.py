@@ -1,10 +1,17 @@
-"""DCGAN on scikit-learn's 8x8 digits: the default experiment, offline, minutes on 2 CPU cores."""
+"""DCGAN on scikit-learn's 8x8 digits, with a categorical latent code: the default experiment,
+offline, minutes on 2 CPU cores.
+
+The generator is given a 10-way one-hot code beside its noise, kept informative by InfoGAN's
+Q head on the discriminator (Chen et al. 2016): without labels, it gives each kind of digit
+its own region of the latent space, and fewer samples fall between two digits' shapes (the
+README's "How dcgan_digits's default was chosen"). `plain_config` is the DCGAN without it.
+"""
 import ml_collections
 
-from gen.families import gan
+from gen.families import gan, infogan
 
 # The training cdcgan_digits and infogan_digits were measured with, before R1, the longer run
-# and the retuned learning rate and dropout: they set these keys on this config.
+# and the retuned learning rate and dropout: they set these keys on plain_config().
 FIRST_TRAINING = {"num_steps": 10_000, "checkpoint_every": 2500, "eval_every": 2500,
                   "gan.r1": 0.0, "model.dropout": 0.3, "optimizer.schedule": "constant",
                   "optimizer.generator.learning_rate": 2e-4,
@@ -12,11 +19,25 @@ FIRST_TRAINING = {"num_steps": 10_000, "checkpoint_every": 2500, "eval_every": 2
 
 
 def get_config():
+  # Chosen by measurement (the README's "How dcgan_digits's default was chosen"): the
+  # categorical code at λ 0.2 lifted precision from 0.73 to 0.85 at 10,000 steps; the
+  # generator at half the discriminator's learning rate kept recall; noise at temperature
+  # 1.1 when sampling trades some of that precision back for recall.
+  config = infogan.configure(plain_config(), latent_dim=32, continuous=0)
+  config.infogan.weight = 0.2
+  config.optimizer.generator.learning_rate = 2e-4
+  config.gan.temperature = 1.1
+  config.eval.best_metric = "fd"
+  return config
+
+
+def plain_config():
+  """The DCGAN alone: z ~ N(0, I) into the generator, no codes."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 64  # Global, over all devices.
   # R1 and 20,000 steps: chosen by measurement (the README's "How dcgan_digits's default was
-  # chosen"); about 9 minutes on 2 idle CPU cores (R1's input gradients are 70% of the step).
+  # chosen"); about 9 minutes on 2 idle Zen 5 cores.
   config.num_steps = 20_000
   config.log_every = 100
   config.sample_every = 2000
@@ -46,3 +67,9 @@ def get_config():
   config.eval = ml_collections.ConfigDict({
       "metrics": ("classifier",), "split": "test", "num_samples": 10_000, "best_metric": "fd"})
   return config
+
+
+def first_training_config():
+  """plain_config() with FIRST_TRAINING's keys: what cdcgan_digits and infogan_digits build on."""
+  from gen import cli
+  return cli.set_keys(plain_config(), FIRST_TRAINING)

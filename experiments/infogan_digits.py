@@ -8,8 +8,7 @@ from gen.families import infogan
 
 def get_config():
   # dcgan_digits's first training: what these results were measured with.
-  config = infogan.configure(cli.set_keys(cli.load_config("dcgan_digits"),
-                                          cli.experiment_module("dcgan_digits").FIRST_TRAINING),
+  config = infogan.configure(cli.experiment_module("dcgan_digits").first_training_config(),
                              latent_dim=16)
   # The continuous codes' term at a tenth of the categorical one, as the paper advises for
   # continuous codes: code accuracy 84.4% and 93.9% (seeds 0, 1) against 90.8% and 81.9% at

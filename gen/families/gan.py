@@ -38,6 +38,9 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "r1_every": 1,  # Lazy R1 (StyleGAN2): every k steps, scaled by k.
       "diffaugment": "",  # DiffAugment policy for real and fake alike: "color,translation,cutout".
       "ema_decay": 0.0,  # Generator EMA used for sampling and evaluation; 0 turns it off.
+      # The noise's std when sampling and evaluating (training draws N(0, I)): below 1 trades
+      # recall for precision (Kingma & Dhariwal 2018's temperature), above 1 the reverse.
+      "temperature": 1.0,
       "aux_weight": 1.0,  # ACGAN: weight of the auxiliary classification loss.
   }, overrides)
 
@@ -57,6 +60,7 @@ def validate(config):
   checks.in_range(gan.real_label, "gan.real_label", 0.0, 1.0, low_open=True)
   for key in ("gradient_penalty", "r1", "aux_weight"):
     checks.in_range(gan[key], f"gan.{key}", 0.0, float("inf"))
+  checks.in_range(gan.temperature, "gan.temperature", 0.0, float("inf"), low_open=True)
   augment_policy(gan.diffaugment)
 
 
@@ -290,9 +294,11 @@ def make_generate(models, config):
 
   def generate(state: TrainState, key, labels):
     """Samples [len(labels), ...] of the given classes (ignored by unconditional models), from
-    the generator's EMA weights where kept, in inference mode (BatchNorm running averages)."""
+    the generator's EMA weights where kept, in inference mode (BatchNorm running averages),
+    with noise at `config.gan.temperature`."""
     g = state.modules["generator"]
     z = jax.random.normal(key, (labels.shape[0], config.model.latent_dim))
+    z = config.gan.temperature * z
     return generator.apply(g.variables(g.sampling_params), z, labels if conditional else None,
                            train=False)
 

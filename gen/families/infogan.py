@@ -82,10 +82,11 @@ def generator_input(noise, continuous):
 
 
 def draw_codes(key, b: int, config) -> tuple[jax.Array, jax.Array]:
-  """(noise [b, latent_dim] ~ N(0, I), continuous codes [b, C] ~ U[-1, 1])."""
+  """(noise [b, latent_dim] ~ N(0, T²I) at T = config.gan.temperature, continuous codes
+  [b, C] ~ U[-1, 1]): the codes sampling and evaluation draw."""
   noise_key, continuous_key = jax.random.split(key)
   _, c = code_sizes(config)
-  return (jax.random.normal(noise_key, (b, config.model.latent_dim)),
+  return (config.gan.temperature * jax.random.normal(noise_key, (b, config.model.latent_dim)),
           jax.random.uniform(continuous_key, (b, c), minval=-1.0, maxval=1.0))
 
 

@@ -121,8 +121,10 @@ def make_generate(models, config):
   generator = models["generator"]
 
   def generate(state: TrainState, key, labels):
-    """len(labels) images [num, H, W, C] in [-1, 1] from prior codes (labels set how many)."""
-    z = jax.random.normal(key, (labels.shape[0], config.model.latent_dim))
+    """len(labels) images [num, H, W, C] in [-1, 1] from prior codes at `config.gan.
+    temperature` (labels set how many)."""
+    z = config.gan.temperature * jax.random.normal(key, (labels.shape[0],
+                                                        config.model.latent_dim))
     return _decode(generator, state.params["generator"], z)
 
   return generate
