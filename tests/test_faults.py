@@ -307,7 +307,8 @@ def test_a_full_disk_names_the_checkpoint_and_the_last_complete_one(tiny_filesys
   args = ["--config=experiments/dcgan_digits.py", "--config.checkpoint_every=2",
           "--config.log_every=2", "--config.sample_every=1000000", "--config.eval_every=1000000",
           "--config.model.generator_features=(128,64,32)",
-          "--config.model.discriminator_features=(32,64)", "--config.gan.ema_decay=0",
+          "--config.model.discriminator_features=(32,64)", "--config.model.q_hidden=8",
+          "--config.gan.ema_decay=0",
           f"--workdir={workdir}"]
   run = lambda steps: subprocess.run(
       [sys.executable, "-m", "gen.main", *args, f"--config.num_steps={steps}"], cwd=ROOT,

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from conftest import load_config, tiny
-from gen import UsageError, experiment as experiment_lib, losses, sharding
+from gen import UsageError, cli, experiment as experiment_lib, losses, sharding
 from gen.models import mlp_gan as mlp
 from gen import families
 from gen.families import gan, step_key
@@ -221,9 +221,38 @@ def test_conditional_samples_follow_the_requested_labels(single_device_mesh):
   b = generate(state, key, jnp.ones(4, jnp.int32))
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
   # An unconditional model refuses labels.
-  plain = experiment_lib.build(tiny(load_config("dcgan_digits")), single_device_mesh)
+  plain = experiment_lib.build(tiny(plain_dcgan_digits()), single_device_mesh)
   with pytest.raises(UsageError, match="unconditional"):
     plain.sample_labels(4, [1])
+
+
+def plain_dcgan_digits():
+  return cli.experiment_module("dcgan_digits").plain_config()
+
+
+def test_temperature_scales_the_sampling_noise_only(single_device_mesh):
+  """Samples at temperature T are the generator's (EMA, inference mode) images of T·z, for the
+  z the key draws; training's noise stays N(0, I)."""
+  config = tiny(plain_dcgan_digits(), **{"gan.temperature": 1.7})
+  experiment = experiment_lib.build(config, single_device_mesh)
+  state = experiment.init_state()
+  key, labels = jax.random.key(4), jnp.zeros(6, jnp.int32)
+  samples = experiment.jit(experiment.functions["generate"])(state, key, labels)
+  g = state.modules["generator"]
+  z = jax.random.normal(key, (6, config.model.latent_dim))
+  expected = experiment.models["generator"].apply(g.variables(g.sampling_params), 1.7 * z,
+                                                  None, train=False)
+  np.testing.assert_allclose(samples, expected, atol=1e-5)
+  assert np.abs(np.asarray(samples) - np.asarray(experiment.models["generator"].apply(
+      g.variables(g.sampling_params), z, None, train=False))).max() > 1e-3
+  # The train step is the same function at any temperature.
+  cool = experiment_lib.build(tiny(plain_dcgan_digits()), single_device_mesh)
+  batch = {"x": jnp.asarray(experiment.dataset.read(np.arange(16))["x"])}
+  step = lambda e: e.jit(e.family.make_train_step(e.models, e.optimizers, e.config))
+  stepped = [jax.tree.leaves(step(e)(state, batch, jax.random.key(1))[0].modules)
+             for e in (experiment, cool)]
+  for a, b in zip(*stepped):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_vaegan_step_gradient_equals_the_gradient_of_its_objective(single_device_mesh):

@@ -172,3 +172,12 @@ def test_sample_labels_choose_the_categorical_code(trained, tmp_path):
   with pytest.raises(UsageError, match=r"Labels must be in \[0, 10\)"):
     experiment_lib.sample(config, str(workdir), 4, None, mesh, labels=["10"])
 
+
+
+def test_sampling_noise_has_the_temperatures_std():
+  """Sampling and evaluation draw the noise at std gan.temperature; the continuous codes keep
+  their prior U[-1, 1]."""
+  noise, continuous = infogan.draw_codes(
+      jax.random.key(0), 20_000, load_config("infogan_digits", **{"gan.temperature": 1.5}))
+  assert abs(float(np.std(noise)) - 1.5) < 0.02
+  assert 0.99 < float(np.abs(continuous).max()) <= 1.0

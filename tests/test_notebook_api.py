@@ -71,7 +71,7 @@ def test_a_registered_model_trains_in_the_loop(registry, tmp_path, single_device
     return {"generator": _Generator(), "discriminator": _Discriminator()}
 
   models_lib.register("linear_gan", build, "gan")
-  config = override(load_config("dcgan_digits"), {
+  config = override(cli.experiment_module("dcgan_digits").plain_config(), {
       "model.name": "linear_gan", "num_steps": 2, "batch_size": 16, "log_every": 1,
       "sample_every": 2, "checkpoint_every": 2})
   state = train.train(config, str(tmp_path), single_device_mesh)
