@@ -8,6 +8,7 @@ README's "How dcgan_digits's default was chosen"). `plain_config` is the DCGAN w
 """
 import ml_collections
 
+from gen import cli
 from gen.families import gan, infogan
 
 # The training cdcgan_digits and infogan_digits were measured with, before R1, the longer run
@@ -71,5 +72,4 @@ def plain_config():
 
 def first_training_config():
   """plain_config() with FIRST_TRAINING's keys: what cdcgan_digits and infogan_digits build on."""
-  from gen import cli
   return cli.set_keys(plain_config(), FIRST_TRAINING)
