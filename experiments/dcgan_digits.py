@@ -28,7 +28,6 @@ def get_config():
   config.infogan.weight = 0.2
   config.optimizer.generator.learning_rate = 2e-4
   config.gan.temperature = 1.1
-  config.eval.best_metric = "fd"
   return config
 
 

@@ -173,7 +173,6 @@ def test_sample_labels_choose_the_categorical_code(trained, tmp_path):
     experiment_lib.sample(config, str(workdir), 4, None, mesh, labels=["10"])
 
 
-
 def test_sampling_noise_has_the_temperatures_std():
   """Sampling and evaluation draw the noise at std gan.temperature; the continuous codes keep
   their prior U[-1, 1]."""

@@ -288,6 +288,12 @@ def make_train_step(models, optimizers, config, extension: Extension | None = No
   return train_step
 
 
+def sampling_noise(key, b: int, config) -> jax.Array:
+  """The noise [b, latent_dim] samples and evaluations are drawn from: N(0, T²I) at
+  T = config.gan.temperature (training draws N(0, I))."""
+  return config.gan.temperature * jax.random.normal(key, (b, config.model.latent_dim))
+
+
 def make_generate(models, config):
   generator = models["generator"]
   conditional = bool(num_classes(config))
@@ -297,8 +303,7 @@ def make_generate(models, config):
     the generator's EMA weights where kept, in inference mode (BatchNorm running averages),
     with noise at `config.gan.temperature`."""
     g = state.modules["generator"]
-    z = jax.random.normal(key, (labels.shape[0], config.model.latent_dim))
-    z = config.gan.temperature * z
+    z = sampling_noise(key, labels.shape[0], config)
     return generator.apply(g.variables(g.sampling_params), z, labels if conditional else None,
                            train=False)
 

@@ -86,7 +86,7 @@ def draw_codes(key, b: int, config) -> tuple[jax.Array, jax.Array]:
   [b, C] ~ U[-1, 1]): the codes sampling and evaluation draw."""
   noise_key, continuous_key = jax.random.split(key)
   _, c = code_sizes(config)
-  return (config.gan.temperature * jax.random.normal(noise_key, (b, config.model.latent_dim)),
+  return (gan_family.sampling_noise(noise_key, b, config),
           jax.random.uniform(continuous_key, (b, c), minval=-1.0, maxval=1.0))
 
 

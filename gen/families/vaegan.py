@@ -123,8 +123,7 @@ def make_generate(models, config):
   def generate(state: TrainState, key, labels):
     """len(labels) images [num, H, W, C] in [-1, 1] from prior codes at `config.gan.
     temperature` (labels set how many)."""
-    z = config.gan.temperature * jax.random.normal(key, (labels.shape[0],
-                                                        config.model.latent_dim))
+    z = gan_family.sampling_noise(key, labels.shape[0], config)
     return _decode(generator, state.params["generator"], z)
 
   return generate
