@@ -157,11 +157,20 @@ def test_n_critic_updates_the_discriminator_n_times_on_separate_batches(single_d
   assert not close(stepped.modules["discriminator"].params, once_thrice)
 
 
-def test_lazy_r1_is_applied_every_k_steps(single_device_mesh):
-  config = tiny(load_config("gan_ring2d"), batch_size=8, **{"gan.r1": 10.0, "gan.r1_every": 2})
-  _, _, history = _run(config, 4, single_device_mesh)
+def test_lazy_r1_is_applied_every_k_steps_scaled_by_k(single_device_mesh):
+  ring = lambda r1, every: tiny(load_config("gan_ring2d"), batch_size=8,
+                                **{"gan.r1": r1, "gan.r1_every": every})
+  _, _, history = _run(ring(10.0, 2), 4, single_device_mesh)
   penalties = [float(metrics["r1_penalty"]) for _, metrics in history]
   assert penalties[0] > 0 and penalties[2] > 0 and penalties[1] == 0 and penalties[3] == 0
+  # Where it applies, γ weighs it k times (StyleGAN2's lazy regularisation): the first
+  # update of γ 10 every 2nd step is that of γ 20 every step, not that of γ 10.
+  discriminator = lambda state: state.params["discriminator"]
+  lazy = discriminator(history[1][0])
+  close = lambda a, b: all(np.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(
+      jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert close(lazy, discriminator(_run(ring(20.0, 1), 1, single_device_mesh)[1]))
+  assert not close(lazy, discriminator(_run(ring(10.0, 1), 1, single_device_mesh)[1]))
 
 
 def test_linear_schedule_decays_to_zero_over_the_run():
