@@ -59,6 +59,16 @@ def test_the_extension_weighs_the_bound_and_reports_it():
   np.testing.assert_allclose(reported["info_continuous"], 2 * math.log(2) - nll, rtol=1e-6)
 
 
+def test_without_continuous_codes_only_the_categorical_bound_is_reported():
+  extension = infogan.make_extension(load_config("dcgan_digits"))  # No continuous codes.
+  _, _, codes = extension.latents(jax.random.key(0), jax.random.key(1), 8)
+  q = {"categorical": np.zeros((8, 10)), "mean": np.zeros((8, 0)), "log_std": np.zeros((8, 0))}
+  loss, reported = extension.auxiliary_loss(q, codes)
+  assert set(reported) == {"info_categorical"}
+  np.testing.assert_allclose(reported["info_categorical"], 0.0, atol=1e-6)  # Q uniform: CE = log K.
+  np.testing.assert_allclose(loss, 0.2 * math.log(10), rtol=1e-6)
+
+
 def _brute_force_accuracy(clusters, labels, num_clusters, num_classes):
   """The best accuracy over every one-to-one matching, tried one by one."""
   if num_clusters <= num_classes:

@@ -125,8 +125,10 @@ def make_extension(config) -> gan_family.Extension:
     ce, nll = information_loss(q, codes["categorical"], codes["continuous"],
                                options_.continuous_std)
     loss = options_.weight * (ce + options_.continuous_weight * nll)
-    return loss, {"info_categorical": math.log(k) - ce,
-                  "info_continuous": c * math.log(2.0) - nll}
+    bounds = {"info_categorical": math.log(k) - ce}
+    if c:  # Without continuous codes their bound is a constant 0, not a measurement.
+      bounds["info_continuous"] = c * math.log(2.0) - nll
+    return loss, bounds
 
   return gan_family.Extension(latents, auxiliary_loss)
 
