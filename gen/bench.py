@@ -173,16 +173,17 @@ def benchmark(config, steps: int = 20, warmup: int = 3, launch_args=None) -> dic
 def _launches(launch_args) -> dict:
   """Wall time of two `gen.bench --first_step` processes sharing an empty compilation cache."""
   import subprocess
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="gen-bench-cache-"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   results = {}
-  for name in ("first_launch", "second_launch"):
-    start = time.perf_counter()
-    child = subprocess.run([sys.executable, "-m", "gen.bench", *launch_args, "--first_step"],
-                           env=env, capture_output=True, text=True, check=True)
-    results[f"{name}_s"] = time.perf_counter() - start
-    results[f"{name}_cache_hits"] = json.loads(child.stdout.strip().splitlines()[-1])["cache_hits"]
+  with tempfile.TemporaryDirectory(prefix="gen-bench-cache-") as cache:
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    for name in ("first_launch", "second_launch"):
+      start = time.perf_counter()
+      child = subprocess.run([sys.executable, "-m", "gen.bench", *launch_args, "--first_step"],
+                             env=env, capture_output=True, text=True, check=True)
+      results[f"{name}_s"] = time.perf_counter() - start
+      results[f"{name}_cache_hits"] = json.loads(child.stdout.strip().splitlines()[-1])["cache_hits"]
   return results
 
 
@@ -334,14 +335,14 @@ def profile(config, steps: int) -> tuple[list[tuple[str, str, float]], float]:
     jax.block_until_ready(metrics)
 
   step_ms = 1e3 * _median_seconds(timed_step, steps)
-  trace_dir = tempfile.mkdtemp(prefix="gen-profile-")
-  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    for _ in range(steps):
-      state, metrics = step(state, batch)
-      jax.block_until_ready(metrics)
-  (path,) = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-  with gzip.open(path) as f:
-    trace = json.load(f)
+  with tempfile.TemporaryDirectory(prefix="gen-profile-") as trace_dir:  # Tens of MB a trace.
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(steps):
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+    (path,) = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    with gzip.open(path) as f:
+      trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   totals = collections.Counter()
   for event in events:

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 
 
 from conftest import ROOT, cli_env
@@ -84,11 +85,14 @@ def test_bench_rejects_an_unknown_experiment():
   assert result.returncode != 0 and "unknown experiment 'dcgan_digitz'" in result.stderr
 
 
-def test_profile_attributes_operations_to_layers(single_device_mesh):
-  """--profile's table: every traced operation of a real step, named after its layer."""
+def test_profile_attributes_operations_to_layers(single_device_mesh, tmp_path, monkeypatch):
+  """--profile's table: every traced operation of a real step, named after its layer; the
+  trace itself is not left behind."""
   from conftest import load_config, tiny
   from gen import bench
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   rows, total = bench.profile(tiny(load_config("dcgan_digits"), batch_size=8), steps=2)
+  assert not list(tmp_path.iterdir())
   sources = [source for _, source, _ in rows]
   assert total > 0 and all(ms >= 0 for _, _, ms in rows)
   assert abs(sum(ms for _, _, ms in rows) - total) < 1e-6 * total + 1e-9
