@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, cli_env
+from conftest import ROOT, cli_env, load_config
 from gen import report, results
 
 
@@ -105,3 +105,22 @@ def test_a_run_is_trained_collected_and_not_trained_again(tmp_path):
                          timeout=600)
   assert again.returncode == 0 and "Compiled the train step" not in again.stderr
   assert json.loads((tmp_path / "results.json").read_text()) == collected
+
+
+def test_the_first_experiments_recorded_runs_meet_its_targets():
+  """dcgan_digits's default runs in docs/results.json are of today's default length and meet
+  the first experiment's targets against the floor computed here: each in at most 10 minutes,
+  FD at most twice the floor's, precision and recall (at the floor's 1,438 samples) at least
+  0.9 times its own. A default changed without `python -m gen.results
+  --experiments=dcgan_digits` run again fails here."""
+  runs = json.loads((ROOT / "docs" / "results.json").read_text())["dcgan_digits"][""]
+  config = load_config("dcgan_digits")
+  floor = results.digits_floor()
+  assert len(runs) >= 3
+  for seed, run in runs.items():
+    assert run["num_steps"] == config.num_steps and not run["overrides"], seed
+    assert run["wall_seconds"] <= 600, (seed, run["wall_seconds"])
+    last = run["evals"][str(config.num_steps)]
+    assert last["fd"] <= 2 * floor["fd"], (seed, last, floor)
+    assert last["precision"] >= 0.9 * floor["precision"], (seed, last, floor)
+    assert last["matched_recall"] >= 0.9 * floor["recall"], (seed, last, floor)
