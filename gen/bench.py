@@ -166,8 +166,34 @@ def benchmark(config, steps: int = 20, warmup: int = 3, launch_args=None) -> dic
   first step of a first and a second process, the second with the persistent compilation
   cache the first filled."""
   launches = _launches(launch_args) if launch_args is not None else {}
-  with dataset_or_mock(config) as source:
+  with dataset_or_mock(config) as source, empty_compilation_cache():
     return {**_benchmark(config, steps, warmup), **launches, "input_source": source}
+
+
+_CACHE_SETTINGS = {"jax_compilation_cache_dir": None,
+                   "jax_persistent_cache_min_compile_time_secs": 0.0,
+                   "jax_persistent_cache_min_entry_size_bytes": 0}
+
+
+@contextlib.contextmanager
+def empty_compilation_cache():
+  """A new, empty persistent compilation cache that keeps every program, removed afterwards,
+  with JAX's previous cache settings restored. JAX opens its cache once per process, so it
+  is reset on the way in and out: without that, a second benchmark in one process (as
+  benchmarks/conv_lowering.py alternates them) compiled from the first one's cache."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  previous = {name: getattr(jax.config, name) for name in _CACHE_SETTINGS}
+  with tempfile.TemporaryDirectory(prefix="gen-bench-cache-") as cache:
+    compilation_cache.reset_cache()
+    for name, value in {**_CACHE_SETTINGS, "jax_compilation_cache_dir": cache}.items():
+      jax.config.update(name, value)
+    try:
+      yield cache
+    finally:
+      compilation_cache.reset_cache()
+      for name, value in previous.items():
+        jax.config.update(name, value)
 
 
 def _launches(launch_args) -> dict:
@@ -205,14 +231,10 @@ def _benchmark(config, steps: int, warmup: int) -> dict:
   import jax
   from gen import data, experiment as experiment_lib, sharding
 
-  # An empty persistent cache: what a first launch compiles.
-  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gen-bench-cache-"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   experiment = experiment_lib.build(config)
   state = experiment.init_state()
   per_call = experiment.steps_per_call
-  start = time.perf_counter()
+  start = time.perf_counter()  # In benchmark()'s empty cache: what a first launch compiles.
   step = experiment.compile_train_step(state, per_call)
   compile_s = time.perf_counter() - start
 

@@ -1,6 +1,7 @@
 """The benchmark harness reports every number the issue names, checked against quantities
 measured apart: a matmul's FLOPs, the compilation cache's hits, the matmul peak."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +28,26 @@ def test_bench_prints_one_json_object_with_the_numbers():
   assert 0 < report["mfu"] < 1
   # The second launch is a second process that found the first one's programs in the cache.
   assert report["first_launch_cache_hits"] == 0 and report["second_launch_cache_hits"] > 0
+
+
+def test_each_benchmark_compiles_into_an_empty_cache_of_its_own(tmp_path, monkeypatch):
+  """A second benchmark in one process finds nothing of the first one's in the persistent
+  cache, and the cache is removed and JAX's settings restored afterwards."""
+  import jax
+  import jax.numpy as jnp
+  from gen import bench
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  hits = []
+  jax.monitoring.register_event_listener(
+      lambda event, **kwargs: hits.append(event) if event.endswith("cache_hits") else None)
+  before = jax.config.jax_compilation_cache_dir
+  for scale in (2.0, 2.0):
+    with bench.empty_compilation_cache() as cache:
+      # A new function object each time: only the persistent cache could serve it.
+      jax.jit(lambda x: jnp.sin(x) * scale)(jnp.ones(3)).block_until_ready()
+      assert os.listdir(cache)  # The program was written to this cache.
+  assert not hits
+  assert jax.config.jax_compilation_cache_dir == before and not list(tmp_path.iterdir())
 
 
 def test_flops_per_step_is_xlas_count_of_a_known_matmul():
