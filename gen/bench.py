@@ -201,9 +201,8 @@ def _launches(launch_args) -> dict:
   import subprocess
   results = {}
   with tempfile.TemporaryDirectory(prefix="gen-bench-cache-") as cache:
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env = {**os.environ, **{name.upper(): str(value) for name, value in
+                            {**_CACHE_SETTINGS, "jax_compilation_cache_dir": cache}.items()}}
     for name in ("first_launch", "second_launch"):
       start = time.perf_counter()
       child = subprocess.run([sys.executable, "-m", "gen.bench", *launch_args, "--first_step"],

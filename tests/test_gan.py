@@ -95,6 +95,12 @@ def test_spectral_norm_estimate_matches_svd():
   jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
 
 
+def _close(a, b) -> bool:
+  """Two trees of parameters equal to float32 rounding."""
+  return all(np.allclose(x, y, rtol=1e-5, atol=1e-6)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def _run(config, steps: int, mesh):
   experiment = experiment_lib.build(config, mesh)
   state = experiment.init_state()
@@ -151,10 +157,8 @@ def test_n_critic_updates_the_discriminator_n_times_on_separate_batches(single_d
 
   expected = experiment.jit(discriminator_after)([batch["x"][i::3] for i in range(3)])
   once_thrice = experiment.jit(discriminator_after)([batch["x"][0::3]] * 3)
-  close = lambda a, b: all(np.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(
-      jax.tree.leaves(a), jax.tree.leaves(b)))
-  assert close(stepped.modules["discriminator"].params, expected)
-  assert not close(stepped.modules["discriminator"].params, once_thrice)
+  assert _close(stepped.modules["discriminator"].params, expected)
+  assert not _close(stepped.modules["discriminator"].params, once_thrice)
 
 
 def test_lazy_r1_is_applied_every_k_steps_scaled_by_k(single_device_mesh):
@@ -167,10 +171,8 @@ def test_lazy_r1_is_applied_every_k_steps_scaled_by_k(single_device_mesh):
   # update of γ 10 every 2nd step is that of γ 20 every step, not that of γ 10.
   discriminator = lambda state: state.params["discriminator"]
   lazy = discriminator(history[1][0])
-  close = lambda a, b: all(np.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(
-      jax.tree.leaves(a), jax.tree.leaves(b)))
-  assert close(lazy, discriminator(_run(ring(20.0, 1), 1, single_device_mesh)[1]))
-  assert not close(lazy, discriminator(_run(ring(10.0, 1), 1, single_device_mesh)[1]))
+  assert _close(lazy, discriminator(_run(ring(20.0, 1), 1, single_device_mesh)[1]))
+  assert not _close(lazy, discriminator(_run(ring(10.0, 1), 1, single_device_mesh)[1]))
 
 
 def test_linear_schedule_decays_to_zero_over_the_run():
