@@ -90,14 +90,20 @@ def kill_leftovers(processes) -> None:
       process.wait()
 
 
-UNOPTIMIZED = {"xla_backend_optimization_level": 0}
+# XLA's optimisations off, and XLA:CPU's older elemental emitters in one codegen module instead
+# of its fusion emitters: 2.5-3x faster to compile than optimisation level 0 alone (the
+# dcgan_digits test step: 2.7 s against 9.6; gpt_pydoc's: 2.8 against 7.9), with the same
+# results. (With optimisations on, the older emitters compile slower: gen's defaults keep
+# XLA's.)
+UNOPTIMIZED = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+               "xla_cpu_parallel_codegen_split_count": 1}
 
 
 def cli_env(num_devices: int = 1, optimized: bool = False) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}" + PATIENT_COLLECTIVES
   if not optimized:
-    env["XLA_FLAGS"] += "".join(f" --{k}={v}" for k, v in UNOPTIMIZED.items())
+    env["XLA_FLAGS"] += "".join(f" --{k}={str(v).lower()}" for k, v in UNOPTIMIZED.items())
   env["PYTHONPATH"] = str(ROOT)
   env["JAX_PLATFORMS"] = "cpu"
   return env
