@@ -46,7 +46,7 @@ def test_the_extension_weighs_the_bound_and_reports_it():
   extension = infogan.make_extension(config)
   z, categorical, codes = jax.jit(extension.latents, static_argnums=2)(
       jax.random.key(0), jax.random.key(1), 64)
-  assert z.shape == (64, 16 + 2) and categorical.shape == (64,)
+  assert z.shape == (64, config.model.latent_dim + 2) and categorical.shape == (64,)
   assert 0 <= categorical.min() and categorical.max() < 10 and np.abs(codes["continuous"]).max() <= 1
   rng = np.random.default_rng(1)
   q = {"categorical": rng.normal(size=(64, 10)), "mean": rng.normal(size=(64, 2)),
