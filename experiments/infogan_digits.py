@@ -10,8 +10,7 @@ def get_config():
   # dcgan_digits's first training: what these results were measured with.
   # 8 noise dimensions, not 16: with less noise to vary the digits with, the generator varies
   # them with the codes. Code accuracy at 10,000 steps, seeds 0, 1, 2: 94.4%, 85.8%, 88.7%
-  # against 84.4%, 93.9%, 79.9% with 16 (where seed 2's codes each drew a mixture of 3, 5
-  # and 8, or of 1, 5 and 9).
+  # against 84.4%, 93.9%, 79.9% with 16 (README, InfoGAN).
   config = infogan.configure(cli.experiment_module("dcgan_digits").first_training_config(),
                              latent_dim=8)
   # The continuous codes' term at a tenth of the categorical one, as the paper advises for

@@ -92,9 +92,8 @@ def kill_leftovers(processes) -> None:
 
 # XLA's optimisations off, and XLA:CPU's older elemental emitters in one codegen module instead
 # of its fusion emitters: 2.5-3x faster to compile than optimisation level 0 alone (the
-# dcgan_digits test step: 2.7 s against 9.6; gpt_pydoc's: 2.8 against 7.9), with the same
-# results. (With optimisations on, the older emitters compile slower: gen's defaults keep
-# XLA's.)
+# dcgan_digits test step: 2.7 s against 9.6; gpt_pydoc's: 2.8 against 7.9). With optimisations
+# on, the older emitters compile slower: gen's own defaults keep XLA's.
 UNOPTIMIZED = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
                "xla_cpu_parallel_codegen_split_count": 1}
 
