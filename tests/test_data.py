@@ -1,6 +1,7 @@
 """Datasets and the input pipeline: contents, determinism, resumption, and the tfds path."""
 import itertools
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -66,6 +67,31 @@ def test_batches_are_deterministic_reshuffled_per_epoch_and_seed_dependent():
   first, second = np.concatenate(a)[:1438], np.concatenate(a)[1438:2876]
   np.testing.assert_array_equal(np.bincount(first), np.bincount(second))
   assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("size", [1, 2, 10, 1797, 65537, 100_000, 1_000_003])
+def test_index_shuffle_is_grains(size):
+  # 65537: the largest index needs a 17th bit of the 16-bit block, which the C++ truncates.
+  rng = np.random.default_rng(size)
+  index = np.unique(np.append(rng.integers(0, size, 40), [0, size - 1]))
+  for seed in (0, 7, 2**32 - 1):
+    expected = [grain.experimental.index_shuffle(int(i), max_index=size - 1, seed=seed, rounds=4)
+                for i in index]
+    np.testing.assert_array_equal(data.index_shuffle(index, size - 1, np.uint64(seed)), expected)
+
+
+@pytest.mark.parametrize("permutation_max_size", [0, 1 << 22])  # Per batch; per epoch.
+def test_batches_are_grains_shuffled_stream_batched(permutation_max_size, monkeypatch):
+  # The order grain gives an example at a time, batches crossing epoch boundaries.
+  monkeypatch.setattr(data, "_PERMUTATION_MAX_SIZE", permutation_max_size)
+  size, batch_size, seed = 1438, 100, 5
+  dataset = data.digits("train")
+  reference = (grain.MapDataset.range(size).seed(seed).shuffle().repeat()
+               .map(lambda index: dataset.read(np.array([index]))["label"][0])
+               .batch(batch_size, drop_remainder=True))
+  batches = iter(data.batch_dataset(dataset, batch_size, seed))
+  for k in range(30):  # Two epochs and more.
+    np.testing.assert_array_equal(next(batches)["label"], reference[k])
 
 
 def test_device_iterator_resumes_at_its_saved_state():
