@@ -11,7 +11,9 @@ drops from about 1.7 s to 60 ms, and its forward pass from 140 to 30 ms.
 Every convolution (including the one inside `ConvTranspose`) goes through `_conv`, which
 computes it as one matrix product of the input's shifted views where XLA:CPU's convolution
 kernels are slow: small images (8x8 digits: `dcgan_digits`'s step from 45 to 13 ms on a
-2-core AVX2 CPU) and 1-channel inputs (`dcgan_mnist`'s step 10% faster).
+2-core AVX2 CPU) and 1-channel inputs (`dcgan_mnist`'s step 10% faster); and stride-1
+convolutions to one channel (a VAE's last layer) as `_output_tap_conv`, whose gradients do
+not transpose the input.
 """
 import functools
 from collections.abc import Sequence
