@@ -11,9 +11,7 @@ drops from about 1.7 s to 60 ms, and its forward pass from 140 to 30 ms.
 Every convolution (including the one inside `ConvTranspose`) goes through `_conv`, which
 computes it as one matrix product of the input's shifted views where XLA:CPU's convolution
 kernels are slow: small images (8x8 digits: `dcgan_digits`'s step from 45 to 13 ms on a
-2-core AVX2 CPU) and 1-channel inputs (`dcgan_mnist`'s step 10% faster); and stride-1
-convolutions to one channel (a VAE's last layer) as `_output_tap_conv`, whose gradients do
-not transpose the input.
+2-core AVX2 CPU) and 1-channel inputs (`dcgan_mnist`'s step 10% faster).
 """
 import functools
 from collections.abc import Sequence
@@ -115,65 +113,13 @@ def _as_matrix_product(x_shape, kernel_shape, strides) -> bool:
 
 
 MATMUL_MAX_OUT_PIXELS, MATMUL_MAX_IN_CHANNELS = 16, 1
-# Stride-1 convolutions with at most this many output channels are `_output_tap_conv`s.
-TAP_MAX_OUT_CHANNELS = 1
 
 
 def _conv(x, kernel, strides, padding):
   if _as_matrix_product(x.shape, kernel.shape, strides):
     return _patch_conv(x, kernel, tuple(strides), padding)
-  if tuple(strides) == (1, 1) and kernel.shape[3] <= TAP_MAX_OUT_CHANNELS:
-    if padding == "SAME":
-      padding = (_same_pads(x.shape[1], kernel.shape[0], 1), _same_pads(x.shape[2], kernel.shape[1], 1))
-    return _output_tap_conv(x, kernel, tuple(map(tuple, padding)))
   return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _output_tap_conv(x, kernel, padding):
-  """A stride-1 convolution with few output channels, as x [N, Cin] times the kernel as a
-  [Cin, kh·kw·Cout] matrix, then a sum of the product's shifted slices, one per tap.
-
-  Its gradients shift the (narrow) output gradient instead of the input, and are one matrix
-  product each. XLA:CPU computes such a layer's kernel gradient by transposing the whole
-  input to [Cin, H, W, B] first (`python benchmarks/layers.py` times the VAE's last layer,
-  3x3 from 32 channels to 1 at 28x28, both ways).
-  """
-  return _output_tap_conv_fwd(x, kernel, padding)[0]
-
-
-def _kernel_as_matrix(kernel):
-  kh, kw, cin, cout = kernel.shape
-  return kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
-
-
-def _output_tap_conv_fwd(x, kernel, padding):
-  (kh, kw, cin, cout), (b, h, w, _), ((ph0, ph1), (pw0, pw1)) = kernel.shape, x.shape, padding
-  oh, ow = h + ph0 + ph1 - kh + 1, w + pw0 + pw1 - kw + 1
-  taps = (x.reshape(-1, cin) @ _kernel_as_matrix(kernel)).reshape(b, h, w, kh, kw, cout)
-  taps = jax.lax.pad(taps, jnp.zeros((), taps.dtype),  # Negative pads crop.
-                     ((0, 0, 0), (ph0, ph1, 0), (pw0, pw1, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)))
-  # Output (p, q) sums input (p + i - ph0, q + j - pw0) through tap (i, j).
-  y = sum(taps[:, i:i + oh, j:j + ow, i, j] for i in range(kh) for j in range(kw))
-  return y, (x, kernel)
-
-
-def _output_tap_conv_bwd(padding, residuals, dy):
-  x, kernel = residuals
-  (kh, kw, cin, cout), (_, h, w, _), ((ph0, ph1), (pw0, pw1)) = kernel.shape, x.shape, padding
-  # Input (u, v) reaches output (u - i + ph0, v - j + pw0) through tap (i, j), zero outside.
-  lh, lw = max(0, kh - 1 - ph0), max(0, kw - 1 - pw0)
-  dy = jnp.pad(dy, ((0, 0), (lh, max(0, kh - 1 - ph1)), (lw, max(0, kw - 1 - pw1)), (0, 0)))
-  shifted = jnp.stack([dy[:, lh - i + ph0:lh - i + ph0 + h, lw - j + pw0:lw - j + pw0 + w]
-                       for i in range(kh) for j in range(kw)], axis=3).reshape(-1, kh * kw * cout)
-  matrix = _kernel_as_matrix(kernel)
-  x_grad = (shifted @ matrix.T).reshape(x.shape)
-  matrix_grad = jax.lax.dot_general(x.reshape(-1, cin), shifted, (((0,), (0,)), ((), ())))
-  return x_grad, matrix_grad.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
-
-
-_output_tap_conv.defvjp(_output_tap_conv_fwd, _output_tap_conv_bwd)
 
 
 def _subpixel_conv_input_grad(dy: jax.Array, kernel: jax.Array, x_shape, strides) -> jax.Array:
@@ -329,16 +275,12 @@ class InstanceNorm(nn.Module):
 
 
 class Dropout(nn.Module):
-  """Inverted dropout, like `flax.linen.Dropout`, with the mask drawn in chunks of the batch
-  and from 16 random bits an element.
+  """Inverted dropout, like `flax.linen.Dropout`, with the mask drawn in chunks of the batch.
 
   XLA:CPU generates threefry bits for one array of a few million elements several times
   slower per element than for a few arrays of a million (3.2M at once: 24 ms; in four
   chunks: 6 ms, on 2 cores); the chunks' keys are folded from the layer's key, so the
-  mask does not depend on how the batch is sharded. Each 32-bit draw decides two elements
-  (the keep probability rounded to a multiple of 2^-16, the kept values scaled by its
-  inverse, so the layer's expectation is its input), as threefry is most of dropout's cost
-  (`python benchmarks/layers.py` times flax's dropout and this one).
+  mask does not depend on how the batch is sharded.
   """
   rate: float
   deterministic: bool = False
@@ -349,18 +291,12 @@ class Dropout(nn.Module):
     if self.deterministic or self.rate == 0.0:
       return x
     key = self.make_rng("dropout")
-    threshold = max(1, round((1.0 - self.rate) * 65536))  # Keep where 16 bits < threshold.
-    per_row = int(np.prod(x.shape[1:]))
-    rows = max(1, self.chunk_elements // max(1, per_row))
-
-    def keep(key, n):
-      bits = jax.random.bits(key, (n, -(-per_row // 2)), jnp.uint32)
-      halves = jnp.stack([bits >> 16, bits & 0xFFFF], axis=-1).reshape(n, -1)[:, :per_row]
-      return (halves < threshold).reshape(n, *x.shape[1:])
-
-    mask = jnp.concatenate([keep(jax.random.fold_in(key, i), min(rows, x.shape[0] - start))
-                            for i, start in enumerate(range(0, x.shape[0], rows))])
-    return jnp.where(mask, x * (65536 / threshold), jnp.zeros_like(x))
+    rows = max(1, self.chunk_elements // max(1, int(np.prod(x.shape[1:]))))
+    keep = jnp.concatenate([
+        jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - self.rate,
+                             (min(rows, x.shape[0] - start), *x.shape[1:]))
+        for i, start in enumerate(range(0, x.shape[0], rows))])
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
 
 def maybe_spectral_norm(layer: nn.Module, enabled: bool, train: bool):
