@@ -3,8 +3,9 @@
 Every dataset is a random-access source of examples. Indices are shuffled deterministically
 from the config seed in `grain`'s order (computed a batch at a time) and batched by a grain
 iterator; each process then reads only its own rows of every global batch, and a
-background thread places the batches on the mesh ahead of the train step. The grain iterator's state is the data position that
-checkpoints store, so a resumed run sees the same batches as an uninterrupted one.
+background thread places the batches on the mesh ahead of the train step. The grain
+iterator's state is the data position that checkpoints store, so a resumed run sees the
+same batches as an uninterrupted one.
 
 Images leave this module as float32 NHWC in [-1, 1] ("model space"); 2D mixtures as float32
 [N, 2]. Datasets are found by name: gen's own (`DATASETS`, tfds's unpaired `cycle_gan/*`
@@ -421,7 +422,8 @@ def _seed_seq(seeds: np.ndarray, n: int) -> list[np.ndarray]:
     words[(k + q) % n] = (words[(k + q) % n] + r2) & mask
     words[k % n] = r2
   for k in range(m, m + n):
-    r3 = (np.uint64(1566083941) * mix((words[k % n] + words[(k + p) % n] + words[(k - 1) % n]) & mask)) & mask
+    total = (words[k % n] + words[(k + p) % n] + words[(k - 1) % n]) & mask
+    r3 = (np.uint64(1566083941) * mix(total)) & mask
     r4 = (r3 - np.uint64(k % n)) & mask
     words[(k + p) % n] ^= r3
     words[(k + q) % n] ^= r4
@@ -429,18 +431,20 @@ def _seed_seq(seeds: np.ndarray, n: int) -> list[np.ndarray]:
   return words
 
 
-def index_shuffle(index: np.ndarray, max_index: int, seed: np.ndarray, rounds: int = 4) -> np.ndarray:
+def index_shuffle(index: np.ndarray, max_index: int, seed: np.ndarray,
+                  rounds: int = 4) -> np.ndarray:
   """`grain.experimental.index_shuffle` of each index with its seed, in NumPy: the position of
   `index` in a permutation of [0, max_index] (a Simon-cipher Feistel network with
-  `std::seed_seq` round keys, walked until it lands in range). grain's call costs about 9 µs
-  an index from Python, the whole input pipeline's time for small examples."""
+  `std::seed_seq` round keys, walked until it lands in range), for many indices at once:
+  grain computes one index a Python call, which was most of the input pipeline's time."""
   index = np.asarray(index, np.uint64)
   if max_index == 0:
     return np.zeros_like(index)
   block = max(int(np.ceil(np.log2(max_index))), 16)
   w = (block + block % 2) // 2
   mask = np.uint64((1 << w) - 1)
-  keys = [k & mask for k in _seed_seq(np.broadcast_to(np.asarray(seed, np.uint64), index.shape), rounds)]
+  seeds = np.broadcast_to(np.asarray(seed, np.uint64), index.shape)
+  keys = [k & mask for k in _seed_seq(seeds, rounds)]
   rotl = lambda x, r: ((x << np.uint64(r)) | (x >> np.uint64(w - r))) & mask
   simon = lambda x: (rotl(x, 1) & rotl(x, 8)) ^ rotl(x, 2)
   out, todo = index.copy(), np.ones(index.shape, bool)
@@ -467,6 +471,8 @@ def batch_dataset(dataset: Dataset, batch_size: int, seed: int, spec=None) -> gr
   """
   rows = sharding.process_batch_slice(batch_size)
   size = dataset.num_examples
+  # The seed grain derives for its shuffle (a private attribute: the tests compare these
+  # batches with grain's own pipeline, so a grain upgrade that changes it fails them).
   first_seed = grain.MapDataset.range(size).seed(seed).shuffle()._seed  # Epoch e: first + e.
 
   @functools.lru_cache(maxsize=2)
