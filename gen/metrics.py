@@ -10,8 +10,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-import scipy.optimize
 
 # Distances and kernels are float32 on the device; without HIGHEST, GPUs and TPUs may run
 # float32 matmuls in TF32/bf16, which is too coarse for nearest-neighbour radii and MMD.
@@ -82,6 +80,7 @@ def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 def _sqrtm(matrix: np.ndarray) -> np.ndarray:
   """scipy.linalg.sqrtm without the error estimate, whichever SciPy is installed."""
+  import scipy.linalg  # Here, not above: SciPy's import is a fifth of every gen process's start.
   with warnings.catch_warnings():
     # pytorch-fid passes disp=False; SciPy 1.16-1.17 deprecate it, later releases drop it.
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -328,6 +327,7 @@ def matched_accuracy(clusters, labels, num_clusters: int | None = None,
   num_classes = num_classes or int(labels.max()) + 1
   counts = np.zeros((num_clusters, num_classes), np.int64)
   np.add.at(counts, (clusters, labels), 1)
+  import scipy.optimize  # Here, as scipy.linalg in _sqrtm.
   rows, columns = scipy.optimize.linear_sum_assignment(counts, maximize=True)
   return float(counts[rows, columns].sum() / len(clusters))
 
