@@ -3,15 +3,17 @@
 Single-device tests build a mesh over `jax.devices()[:1]`; subprocess tests choose
 their own device count through `cli_env`.
 
-Most of the suite's time is XLA compiling train steps that then run a few steps: those
-programs are compiled with XLA's optimisations off (`UNOPTIMIZED`; 3x faster to compile,
-slower to run), in this process through `Experiment.compiler_options` and in the gen
-processes tests start through XLA_FLAGS. A test that runs many steps is marked
-`@pytest.mark.optimized`, or starts its processes with `cli_env(optimized=True)`. The
-digits classifier, which evaluation needs, is trained once before the tests, optimised.
+Most of the suite's time is XLA compiling programs that then run once or a few steps: every
+program is compiled with XLA's optimisations off (`UNOPTIMIZED`, through XLA_FLAGS, in this
+process and in the gen processes tests start; 3x faster to compile, slower to run). A test
+that runs many steps is marked `@pytest.mark.optimized` (its experiment's programs get XLA's
+defaults, `OPTIMIZED`), or starts its processes with `cli_env(optimized=True)`. The digits
+classifier, which evaluation needs, is trained once before the tests, optimised.
 """
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 
 # 8 virtual devices share 2 cores with the other test worker, so a device may reach a
@@ -20,10 +22,28 @@ import tempfile
 # orders, then fails in 5 minutes rather than stalling the suite.)
 PATIENT_COLLECTIVES = (" --xla_cpu_collective_call_terminate_timeout_seconds=300"
                        " --xla_cpu_collective_timeout_seconds=300")
+# XLA's optimisations off, and XLA:CPU's older elemental emitters in one codegen module instead
+# of its fusion emitters: 2.5-3x faster to compile than optimisation level 0 alone (the
+# dcgan_digits test step: 2.7 s against 9.6; gpt_pydoc's: 2.8 against 7.9). With optimisations
+# on, the older emitters compile slower: gen's own defaults keep XLA's.
+UNOPTIMIZED = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+               "xla_cpu_parallel_codegen_split_count": 1}
+# XLA's defaults (xla/debug_options_flags.cc), for the programs of tests that run many steps.
+OPTIMIZED = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True,
+             "xla_cpu_parallel_codegen_split_count": 32}
+
+
+def xla_flags(options: dict) -> str:
+  return "".join(f" --{k}={str(v).lower()}" for k, v in options.items())
+
+
 os.environ["JAX_PLATFORMS"] = "cpu"
+# Unoptimised everywhere, not only in the train steps: with XLA's optimisations, LLVM spends
+# seconds on a small program such as an eager jax.random.normal of a few hundred elements (3.6 s
+# against 0.3), which tests draw their inputs with.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8"
-                           + PATIENT_COLLECTIVES).strip()
+                           + PATIENT_COLLECTIVES + xla_flags(UNOPTIMIZED)).strip()
 # One compilation cache for every test process and the subprocesses they start: most of the
 # suite compiles the same small programs again (each train() call, each CLI run).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -90,19 +110,11 @@ def kill_leftovers(processes) -> None:
       process.wait()
 
 
-# XLA's optimisations off, and XLA:CPU's older elemental emitters in one codegen module instead
-# of its fusion emitters: 2.5-3x faster to compile than optimisation level 0 alone (the
-# dcgan_digits test step: 2.7 s against 9.6; gpt_pydoc's: 2.8 against 7.9). With optimisations
-# on, the older emitters compile slower: gen's own defaults keep XLA's.
-UNOPTIMIZED = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-               "xla_cpu_parallel_codegen_split_count": 1}
-
-
 def cli_env(num_devices: int = 1, optimized: bool = False) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}" + PATIENT_COLLECTIVES
   if not optimized:
-    env["XLA_FLAGS"] += "".join(f" --{k}={str(v).lower()}" for k, v in UNOPTIMIZED.items())
+    env["XLA_FLAGS"] += xla_flags(UNOPTIMIZED)
   env["PYTHONPATH"] = str(ROOT)
   env["JAX_PLATFORMS"] = "cpu"
   return env
@@ -122,10 +134,10 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def _unoptimized_short_runs(request, monkeypatch):
-  if request.node.get_closest_marker("optimized") is None:
+def _optimized_long_runs(request, monkeypatch):
+  if request.node.get_closest_marker("optimized") is not None:
     from gen import experiment
-    monkeypatch.setattr(experiment.Experiment, "compiler_options", UNOPTIMIZED)
+    monkeypatch.setattr(experiment.Experiment, "compiler_options", OPTIMIZED)
 
 
 def pytest_sessionstart(session):
@@ -135,7 +147,11 @@ def pytest_sessionstart(session):
     return
   from gen import classifiers
   if not os.path.exists(classifiers.weights_path("digits")):
-    classifiers.save("digits", *classifiers.train("digits"))
+    # In a process with XLA's optimisations, as a gen run that needs it trains it: the weights
+    # land in the cache that gen's own runs read.
+    subprocess.run([sys.executable, "-c", "from gen import classifiers, cli; "
+                    "cli.set_xla_defaults(); classifiers.main(['', 'digits'])"],
+                   env=cli_env(optimized=True), check=True, stdout=subprocess.DEVNULL)
 
 
 # tfds's unpaired cycle_gan/* (gen.data.cycle_gan), mocked with splits of different sizes.

@@ -8,8 +8,7 @@ import optax
 import pytest
 from PIL import Image
 
-from conftest import (UNOPTIMIZED, cycle_gan_config, cycle_gan_images, load_config,
-                      mock_cycle_gan, override)
+from conftest import cycle_gan_images, load_config, mock_cycle_gan, override
 from gen import UsageError, data, evaluate, experiment as experiment_lib, losses, sharding, train
 from gen.families import adam, cyclegan, pix2pix
 
@@ -286,12 +285,10 @@ def runs(tmp_path_factory):
   # A constant rate: the paper's schedule depends on num_steps, which the two runs differ in.
   config = lambda steps: tiny_config(num_steps=steps, sample_every=5, **{
       "cyclegan.pool_size": 8, "optimizer.schedule": "constant"})
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(experiment_lib.Experiment, "compiler_options", UNOPTIMIZED)
-    first = jax.device_get(train.train(config(3), str(workdir / "resumed"), mesh))
-    resumed = train.train(config(5), str(workdir / "resumed"), mesh)
-    straight = train.train(config(5), str(workdir / "straight"), mesh)
-    yield config(5), workdir, mesh, first, resumed, straight
+  first = jax.device_get(train.train(config(3), str(workdir / "resumed"), mesh))
+  resumed = train.train(config(5), str(workdir / "resumed"), mesh)
+  straight = train.train(config(5), str(workdir / "straight"), mesh)
+  yield config(5), workdir, mesh, first, resumed, straight
 
 
 def test_resume_with_a_filled_pool_is_bitwise_equal_to_an_uninterrupted_run(runs):

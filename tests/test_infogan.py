@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import UNOPTIMIZED, load_config, tiny
+from conftest import load_config, tiny
 from gen import UsageError, experiment as experiment_lib, metrics, sharding, train
 from gen.families import infogan
 
@@ -113,11 +113,9 @@ def trained(tmp_path_factory):
   config = tiny(load_config("infogan_digits"), num_steps=2, sample_every=2, eval_every=2,
                 **{"eval.num_samples": 64, "eval.metrics": ("codes",), "gan.ema_decay": 0.9})
   mesh = sharding.make_mesh(jax.devices()[:1])
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(experiment_lib.Experiment, "compiler_options", UNOPTIMIZED)
-    state = train.train(config, str(workdir), mesh)
-    experiment = experiment_lib.build(config, mesh)
-    yield config, workdir, mesh, experiment, state
+  state = train.train(config, str(workdir), mesh)
+  experiment = experiment_lib.build(config, mesh)
+  yield config, workdir, mesh, experiment, state
 
 
 def test_q_gradient_reaches_the_generator_and_the_discriminator_trunk(trained):

@@ -1,5 +1,4 @@
 """gen's layers compute flax.linen's functions, forward and both gradients."""
-import functools
 
 import flax.linen as nn
 import jax
@@ -10,11 +9,6 @@ from jax.test_util import check_grads
 
 from gen.models import layers
 from gen.models.layers import Conv, ConvTranspose, Dropout, InstanceNorm
-
-from conftest import UNOPTIMIZED
-
-# Each function is run once: compiling it without XLA's optimisations is most of the time saved.
-jit = functools.partial(jax.jit, compiler_options=UNOPTIMIZED)
 
 
 @pytest.fixture(params=["convolution", "matrix product"])
@@ -31,14 +25,14 @@ def _assert_same_function(reference, ours, x, expected_shape):
   params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
 
-  expected, actual = jit(reference.apply)(params, x), jit(ours.apply)(params, x)
+  expected, actual = jax.jit(reference.apply)(params, x), jax.jit(ours.apply)(params, x)
   assert actual.shape == expected.shape == expected_shape
   np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
   cotangent = jax.random.normal(jax.random.key(3), expected.shape)
   loss = lambda module: lambda p, x: jnp.vdot(module.apply(p, x), cotangent)
-  expected_grads = jit(jax.grad(loss(reference), argnums=(0, 1)))(params, x)
-  actual_grads = jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
+  expected_grads = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(params, x)
+  actual_grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                actual_grads, expected_grads)
 

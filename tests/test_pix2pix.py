@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import UNOPTIMIZED, load_config, override
+from conftest import load_config, override
 from gen import (UsageError, classifiers, data, evaluate, experiment as experiment_lib, losses,
                  sharding, train)
 from gen.families import gan as gan_family
@@ -110,7 +110,7 @@ def test_the_unet_goes_down_to_1x1_and_its_dropout_is_its_noise():
             for noise in (False, True)]
 
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1), minval=-1, maxval=1)
-  (plain, plain_again), noisy = jax.jit(outputs, compiler_options=UNOPTIMIZED)(x)
+  (plain, plain_again), noisy = jax.jit(outputs)(x)
   assert plain.shape == (2, 32, 32, 3) and np.abs(plain).max() <= 1
   np.testing.assert_array_equal(plain_again, plain)
   assert np.abs(noisy[0] - noisy[1]).max() > 1e-3 and np.abs(noisy[0] - plain).max() > 1e-3
@@ -132,7 +132,7 @@ def test_patchgan_logits_see_a_square_of_the_receptive_field(depth, expected):
     return logits(pairs), jax.grad(lambda p: logits(p)[0][0, centre, centre])(pairs)
 
   pairs = jax.random.normal(jax.random.key(0), (1, side, side, 2))
-  (logits, class_logits), grad = jax.jit(centre_gradient, compiler_options=UNOPTIMIZED)(pairs)
+  (logits, class_logits), grad = jax.jit(centre_gradient)(pairs)
   assert logits.shape == (1, cells, cells) and class_logits is None
   rows, cols = np.nonzero(np.abs(np.asarray(grad[0])).sum(-1))
   assert rows.max() - rows.min() + 1 == expected and cols.max() - cols.min() + 1 == expected
@@ -160,7 +160,7 @@ def test_diffaugment_transforms_both_images_of_a_pair_alike():
     seen, _, _ = discriminate((1, 1))({}, {}, pix2pix.pair(inputs, outputs), None, key)
     return seen, [discriminate(())({}, {}, images, None, key)[0] for images in (inputs, outputs)]
 
-  seen, alone = jax.jit(augmented, compiler_options=UNOPTIMIZED)(inputs, outputs,
+  seen, alone = jax.jit(augmented)(inputs, outputs,
                                                                  jax.random.key(3))
   np.testing.assert_allclose(seen[..., :1], alone[0], atol=1e-6)
   np.testing.assert_allclose(seen[..., 1:], alone[1], atol=1e-6)
@@ -245,10 +245,8 @@ def trained(tmp_path_factory):
       "gan.ema_decay": 0.9, "gan.diffaugment": "translation,cutout",
       "pix2pix.l1_weight": 10.0, "pix2pix.adversarial_weight": 0.5})
   mesh = sharding.make_mesh(jax.devices()[:1])
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(experiment_lib.Experiment, "compiler_options", UNOPTIMIZED)
-    state = train.train(config, str(workdir), mesh)
-    yield config, workdir, mesh, state
+  state = train.train(config, str(workdir), mesh)
+  yield config, workdir, mesh, state
 
 
 def test_the_family_trains_and_evaluates_its_translations(trained):

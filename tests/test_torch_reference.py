@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from conftest import ROOT, UNOPTIMIZED, load_config  # noqa: E402
+from conftest import ROOT, load_config  # noqa: E402
 from gen import cli, families, models  # noqa: E402
 
 
@@ -159,8 +159,7 @@ def test_cyclegan_step_has_gens_losses_from_gens_weights():
   fields = torch_reference.EXPERIMENTS["cyclegan_digits"].fields
   family, modules, optimizers, spec = _gen_side(config, fields)
   state = family.init_state(modules, optimizers, config, spec, jax.random.key(0))
-  train_step = jax.jit(family.make_train_step(modules, optimizers, config),
-                       compiler_options=UNOPTIMIZED)
+  train_step = jax.jit(family.make_train_step(modules, optimizers, config))
   torch_modules = torch_reference.build("cyclegan_digits", **sizes, xla_padding=True)
   for name, module in torch_modules.items():
     copy_weights(state.modules[name].params, module)
