@@ -6,6 +6,7 @@ Only process 0 writes; other processes get writers that do nothing.
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -136,6 +137,23 @@ def _logged_step(line: str) -> float:
     return math.inf
 
 
+def _tensorboardx_summary_writer():
+  """tensorboardX's SummaryWriter (event files without TensorFlow), imported without PyTorch.
+
+  tensorboardX imports torch when it is installed, only to accept its tensors: 2.5 s of every
+  run's start (python -X importtime). While tensorboardX loads, `import torch` fails as if it
+  were absent; a later import (a script comparing gen with PyTorch) loads it as usual."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # Makes `import torch` raise ImportError.
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Scalars to metrics.jsonl (with the wall-clock "time" of each record), TensorBoard event
   files and the log; images to TensorBoard."""
@@ -146,7 +164,7 @@ class MetricWriter:
     self._enabled = jax.process_index() == 0
     if not self._enabled:
       return
-    from tensorboardX import SummaryWriter  # Writes event files without TensorFlow.
+    SummaryWriter = _tensorboardx_summary_writer()
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(path):

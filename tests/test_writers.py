@@ -1,10 +1,13 @@
 """What a resumed run's logs show: each step once, from the run that kept it."""
 import glob
 import json
+import subprocess
+import sys
 import struct
 
 from tensorboardX.proto import event_pb2
 
+from conftest import ROOT, cli_env
 from gen import writers
 
 
@@ -51,3 +54,21 @@ def test_a_resumed_run_replaces_the_steps_logged_after_its_checkpoint(tmp_path):
 def test_a_fresh_run_purges_nothing(tmp_path):
   log_steps(tmp_path, range(1, 4), 1.0)
   assert tensorboard_scalars(tmp_path, "loss") == {1: 1.0, 2: 1.0, 3: 1.0}
+
+
+def test_the_writer_does_not_import_pytorch_and_leaves_it_importable(tmp_path):
+  # In a fresh process: this one may have imported torch already (the comparison tests).
+  script = f"""
+import importlib.util, sys
+from gen import writers
+writer = writers.MetricWriter({str(tmp_path)!r})
+writer.write_scalars(1, {{"loss": 0.5}})
+assert "torch" not in sys.modules
+if importlib.util.find_spec("torch") is not None:  # Installed: a later import still works.
+  import torch
+  assert float(torch.ones(2).sum()) == 2.0
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert tensorboard_scalars(tmp_path, "loss") == {1: 0.5}
