@@ -44,9 +44,11 @@ fi
 if [[ "$target" == "test" || "$target" == "lock" ]]; then
   needs="import gen.main, pytest, xdist, nbclient"
   package=".[test]"
+  ready=.venv/.ready-test
 else
   needs="import gen.main"
   package="."
+  ready=.venv/.ready-run
 fi
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
@@ -58,7 +60,13 @@ if [[ -z "$python" ]]; then
     python=.venv/bin/python
   fi
 fi
-if ! "$python" -c "$needs" 2>/dev/null; then
+# A .venv that passed the check records it in $ready, with a checksum of what it was installed
+# from; while pyproject.toml and constraints.txt are unchanged, later commands skip the check,
+# which imports gen and JAX (2 s of every command's start).
+wanted=$( (cat pyproject.toml constraints.txt 2>/dev/null || true) | cksum)
+if [[ "$python" == .venv/bin/python && -f "$ready" && "$(cat "$ready")" == "$wanted" ]]; then
+  :
+elif ! "$python" -c "$needs" 2>/dev/null; then
   echo "Installing gen and its dependencies into .venv (first use only)..." >&2
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
   python=.venv/bin/python
@@ -74,6 +82,9 @@ if ! "$python" -c "$needs" 2>/dev/null; then
          "the newest versions pyproject.toml allows." >&2
     "$python" -m pip install --quiet -e "$package"
   fi
+fi
+if [[ "$python" == .venv/bin/python ]]; then
+  echo "$wanted" > "$ready"
 fi
 if [[ "$target" == "lock" ]]; then
   # gen[test]'s installed dependency closure, pinned: what the next install will get.

@@ -49,3 +49,27 @@ def test_a_prepared_venv_runs_two_processes_without_installing(tmp_path):
   assert not any("Installing" in o for o in outputs)
   assert not os.path.exists(tmp_path / "pip_ran")
   assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
+
+
+def test_the_install_check_runs_once_until_pyproject_or_constraints_change(tmp_path):
+  checkout = _prepared_checkout(tmp_path)
+  (checkout / "pyproject.toml").write_text("[project]\n")
+  (checkout / "constraints.txt").write_text("jax==0.10.2\n")
+  python = checkout / ".venv" / "bin" / "python"
+  # Every call logged; the run itself (gen.main) stubbed out: only the check is of interest.
+  python.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n'
+                    f'[ "$2" = gen.main ] && exit 0\n' + python.read_text().split("\n", 1)[1])
+  env = {k: v for k, v in cli_env().items() if k != "PYTHON"}
+
+  def checks_after_a_launch():
+    result = subprocess.run([str(checkout / "launch.sh"), "gan_ring2d"], cwd=checkout, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    calls = (tmp_path / "calls").read_text().splitlines()
+    return sum(call.startswith("-c import gen.main") for call in calls)
+
+  assert checks_after_a_launch() == 1
+  assert checks_after_a_launch() == 1  # Skipped: nothing it was installed from changed.
+  (checkout / "constraints.txt").write_text("jax==0.10.3\n")
+  assert checks_after_a_launch() == 2
+  assert not (tmp_path / "pip_ran").exists()
