@@ -21,7 +21,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import time
 
 from absl import app, flags, logging

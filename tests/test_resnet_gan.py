@@ -190,7 +190,7 @@ def test_without_spectral_norm_there_are_no_batch_stats():
 
 
 def test_bfloat16_compute_gives_finite_float32_outputs():
-  z, x, labels = jax.random.normal(jax.random.key(0), (B, 32)), _images(), jnp.array([0, 3])
+  z, labels = jax.random.normal(jax.random.key(0), (B, 32)), jnp.array([0, 3])
   generator = resnet.Generator(width=16, num_classes=4, dtype=jnp.bfloat16)
   variables = generator.init(jax.random.key(1), z, labels)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
