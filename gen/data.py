@@ -13,7 +13,10 @@ among them), those added with `register`, and any image dataset of tensorflow-da
 """
 import dataclasses
 import functools
+import gzip
 import importlib
+import importlib.util
+import os
 import queue
 import sys
 import threading
@@ -102,12 +105,28 @@ def _in_memory(name, x, labels, num_classes) -> Dataset:
 def _digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
   """(images [N, 8, 8] in [0, 1], labels [N]) of a split of scikit-learn's digits: the fixed
   80/20 permutation every digits dataset shares, so their test splits are the same digits."""
-  from sklearn.datasets import load_digits
-  raw = load_digits()
-  order = np.random.default_rng(_SPLIT_SEED).permutation(len(raw.images))
+  images, labels = load_digits()
+  order = np.random.default_rng(_SPLIT_SEED).permutation(len(images))
   num_test = int(round(len(order) * _DIGITS_TEST_FRACTION))
   idx = {"train": order[num_test:], "test": order[:num_test]}[split]
-  return raw.images[idx] / 16.0, raw.target[idx]
+  return images[idx] / 16.0, labels[idx]
+
+
+@functools.cache
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's digits as `sklearn.datasets.load_digits` reads them (images [1797, 8, 8]
+  of 0-16 as float64, labels int64), from the file scikit-learn ships, without importing
+  scikit-learn: its import takes 2-3 s, most of a digits run's data loading."""
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None:
+    raise UsageError("The digits data ship with scikit-learn, which is not installed: "
+                     "pip install scikit-learn (./launch.sh installs it).")
+  path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    table = np.loadtxt(f, delimiter=",")
+  images, labels = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+  images.flags.writeable = labels.flags.writeable = False  # Cached: every caller shares them.
+  return images, labels
 
 
 def digits(split: str) -> Dataset:

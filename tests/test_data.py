@@ -1,5 +1,7 @@
 """Datasets and the input pipeline: contents, determinism, resumption, and the tfds path."""
 import itertools
+import subprocess
+import sys
 
 import grain
 import jax
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import cycle_gan_config, cycle_gan_images, load_config, mock_cycle_gan
+from conftest import ROOT, cli_env, cycle_gan_config, cycle_gan_images, load_config, mock_cycle_gan
 from gen import UsageError, data, sharding
 
 
@@ -27,6 +29,21 @@ def test_digits_split_is_fixed_disjoint_and_complete():
       .view(np.float32), atol=1e-6)
   # The split does not depend on anything but the code: the same rows every call.
   np.testing.assert_array_equal(data.digits("train").read(np.arange(5))["x"], x[:5])
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+  from sklearn.datasets import load_digits
+  expected = load_digits()
+  images, labels = data.load_digits()
+  np.testing.assert_array_equal(images, expected.images)
+  np.testing.assert_array_equal(labels, expected.target)
+  assert images.dtype == expected.images.dtype and labels.dtype == expected.target.dtype
+  # scikit-learn's import is seconds of every digits run's start; gen reads its file alone.
+  check = ("import sys; from gen import data; data.digits('train'); "
+           "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'")
+  result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_ring_has_eight_distinct_modes_on_the_circle():
