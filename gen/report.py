@@ -86,9 +86,14 @@ def plot_curves(series: dict[str, tuple[list, list]], title: str, panel=lambda n
     panels.setdefault(panel(name), {})[name] = points
   columns = min(columns, max(len(panels), 1))
   rows = max(math.ceil(len(panels) / columns), 1)
-  figure = Figure(figsize=(4 * columns, 3 * rows), layout="constrained")
-  figure.suptitle(title)
-  axes = figure.subplots(rows, columns, squeeze=False).ravel()
+  width, height = 4 * columns, 3 * rows
+  figure = Figure(figsize=(width, height))
+  figure.suptitle(title, y=1 - 0.08 / height, va="top")
+  # Margins fixed in inches rather than a constrained layout, which measures every tick label
+  # again: the same look with short labels, in half the time (the report of every run).
+  axes = figure.subplots(rows, columns, squeeze=False, gridspec_kw=dict(
+      left=0.6 / width, right=1 - 0.15 / width, bottom=0.45 / height, top=1 - 0.8 / height,
+      wspace=0.3, hspace=0.5)).ravel()
   for ax, (name, members) in zip(axes, panels.items()):
     for label, (steps, values) in members.items():
       # Markers where there are few points: a run logged once still shows its value.
