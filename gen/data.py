@@ -462,18 +462,34 @@ def index_shuffle(index: np.ndarray, max_index: int, seed: np.ndarray,
   block = max(int(np.ceil(np.log2(max_index))), 16)
   w = (block + block % 2) // 2
   mask = np.uint64((1 << w) - 1)
-  seeds = np.broadcast_to(np.asarray(seed, np.uint64), index.shape)
-  keys = [k & mask for k in _seed_seq(seeds, rounds)]
   rotl = lambda x, r: ((x << np.uint64(r)) | (x >> np.uint64(w - r))) & mask
   simon = lambda x: (rotl(x, 1) & rotl(x, 8)) ^ rotl(x, 2)
-  out, todo = index.copy(), np.ones(index.shape, bool)
-  while todo.any():
-    value, round_keys = out[todo], [k[todo] for k in keys]
+
+  def encrypt(value, round_keys):
     left, right = (value >> np.uint64(w)) & mask, value & mask
     for i in range(0, rounds, 2):
       left ^= simon(right) ^ round_keys[i]
       right ^= simon(left) ^ round_keys[i + 1]
-    out[todo] = (left << np.uint64(w)) | right
+    return (left << np.uint64(w)) | right
+
+  domain = 1 << 2 * w
+  if np.ndim(seed) == 0 and (max_index + 1) * 8 <= domain:
+    # The block is at least 16 bits, so a small range is a sliver of the domain and each index
+    # walks about domain / size steps to land in it (thousands of passes for a test's 10
+    # examples). Instead: encrypt the whole domain once, then let every value jump to its
+    # first successor in range, doubling the stride each pass (at most 2w passes).
+    keys = [k & mask for k in _seed_seq(np.asarray(seed, np.uint64)[None], rounds)]
+    jump = encrypt(np.arange(domain, dtype=np.uint64), keys)
+    landed = jump <= np.uint64(max_index)
+    while not landed[:max_index + 1].all():  # Cycles wholly out of range never land.
+      jump = np.where(landed, jump, jump[jump])
+      landed = jump <= np.uint64(max_index)
+    return jump[index].astype(np.int64)
+  seeds = np.broadcast_to(np.asarray(seed, np.uint64), index.shape)
+  keys = [k & mask for k in _seed_seq(seeds, rounds)]
+  out, todo = index.copy(), np.ones(index.shape, bool)
+  while todo.any():
+    out[todo] = encrypt(out[todo], [k[todo] for k in keys])
     todo = out > np.uint64(max_index)
   return out.astype(np.int64)
 
