@@ -116,7 +116,7 @@ def _digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's digits as `sklearn.datasets.load_digits` reads them (images [1797, 8, 8]
   of 0-16 as float64, labels int64), from the file scikit-learn ships, without importing
-  scikit-learn: its import takes 1.4-1.9 s, most of a digits run's data loading."""
+  scikit-learn, whose import would be most of a digits run's data loading."""
   spec = importlib.util.find_spec("sklearn")
   if spec is None:
     raise UsageError("The digits data ship with scikit-learn, which is not installed: "

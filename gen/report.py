@@ -90,7 +90,7 @@ def plot_curves(series: dict[str, tuple[list, list]], title: str, panel=lambda n
   figure = Figure(figsize=(width, height))
   figure.suptitle(title, y=1 - 0.08 / height, va="top")
   # Margins fixed in inches rather than a constrained layout, which measures every tick label
-  # again: the same look with short labels, in half the time (the report of every run).
+  # again: the same look with short labels, and faster (every run writes its report).
   axes = figure.subplots(rows, columns, squeeze=False, gridspec_kw=dict(
       left=0.6 / width, right=1 - 0.15 / width, bottom=0.45 / height, top=1 - 0.8 / height,
       wspace=0.3, hspace=0.5)).ravel()
